@@ -1,0 +1,334 @@
+"""Monte Carlo core: reuse one model's outputs across random calibration / test draws.
+
+Every draw is calibrated with exactly the functions the Flower apps call:
+
+* client side: :func:`flwr_gcfcp.calibrators.client_payload` (one call per client, the client's scores and features),
+* server side: :func:`flwr_gcfcp.calibrators.fit_all` (payloads keyed by client id, mixture weights π),
+* evaluation: per-client :func:`flwr_gcfcp.metrics.evaluation_counts`, combined by
+  :func:`flwr_gcfcp.metrics.aggregate_counts` with the mixture weights (the federated evaluation round).
+
+A prediction is one comparison per (point, label): ``score_matrix <= threshold[:, None]``. Thresholds come from
+``Calibrator.thresholds_for``, which evaluates the per-atom thresholds the exact solver computed once.
+
+Each method is summarised and fitted on its own (``client_payload({name: calibrator})``) so that bytes per client and
+calibration time are attributed to the method that spends them.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["Draw", "MCResult", "run_monte_carlo", "payload_nbytes", "summarize_runs"]
+
+
+@dataclass
+class Draw:
+    """One Monte Carlo draw: calibration data split over clients, and a test set.
+
+    Attributes
+    ----------
+    cal_scores : (n,) float
+        Calibration nonconformity scores ``s(x_i, y_i)``.
+    cal_features : array (n, ...)
+        What the group definition reads (predicted labels, probabilities, a covariate).
+    cal_client : (n,) int
+        Client index of each calibration point, in ``range(n_clients)``.
+    test_score_matrix : (m, L) float
+        Score of every candidate label for every test point (``L = 1`` for regression: the true response).
+    test_labels : (m,) int
+        Index of the true label in ``test_score_matrix`` (zeros for regression).
+    test_features : array (m, ...)
+    test_client : (m,) int or None
+        Client (mixture component) of each test point, for mixture-weighted evaluation; ``None``: pooled evaluation.
+    extra : dict
+        Anything an experiment wants to keep (e.g. regression predictions for plotting).
+    """
+
+    cal_scores: np.ndarray
+    cal_features: np.ndarray
+    cal_client: np.ndarray
+    test_score_matrix: np.ndarray
+    test_labels: np.ndarray
+    test_features: np.ndarray
+    test_client: np.ndarray | None
+    n_clients: int
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class MCResult:
+    """Per-run arrays for each method (runs along axis 0)."""
+
+    method_names: list[str]
+    group_names: list[str]
+    alpha: float
+    runs: dict[str, dict[str, list]]  # method -> metric -> list over runs
+    last_calibrators: dict = field(default_factory=dict)
+    last_draw: Draw | None = None
+    excluded: dict = field(default_factory=dict)
+
+
+def payload_nbytes(payload: Mapping[str, np.ndarray]) -> int:
+    """Bytes a client sends: the sum of the payload arrays' buffer sizes."""
+    return int(sum(np.asarray(v).nbytes for v in payload.values()))
+
+
+def _core():
+    from flwr_gcfcp import calibrators, metrics  # noqa: WPS433 (imported late: the core may land after this file)
+
+    return calibrators, metrics
+
+
+def _pi_dict(client_ids: Sequence[str], pi: Sequence[float] | None) -> dict[str, float] | None:
+    if pi is None:
+        return None
+    return {cid: float(p) for cid, p in zip(client_ids, pi)}
+
+
+def run_monte_carlo(
+    draw_fn: Callable[[np.random.Generator], Draw],
+    groups,
+    methods: Sequence[str],
+    alpha: float,
+    mc: int,
+    seed: int = 0,
+    deltas: Sequence[float] = (250,),
+    conservative: bool = False,
+    pi: Sequence[float] | None = None,
+    progress: bool = True,
+    desc: str = "Monte Carlo",
+    keep_last: bool = True,
+) -> MCResult:
+    """Run ``mc`` independent draws and calibrate every method on each.
+
+    Parameters
+    ----------
+    draw_fn : callable(rng) -> Draw
+        Produces one calibration / test draw from a ``numpy.random.Generator``.
+    groups : flwr_gcfcp.groups.GroupSpec
+    methods : method names for :func:`make_calibrators` (``"gcfcp"`` expands per δ).
+    alpha : float
+    mc : int
+        Number of Monte Carlo draws.
+    seed : int
+        Seeds ``numpy.random.default_rng(seed)``; run r uses the r-th spawned child generator, so a run's draw does
+        not depend on ``mc``.
+    deltas, conservative : passed to :func:`make_calibrators`.
+    pi : mixture weights per client (default uniform).
+    """
+    calibrators_mod, metrics_mod = _core()
+    if mc < 1:
+        raise ValueError(f"mc must be >= 1, got {mc!r}")
+    children = np.random.SeedSequence(seed).spawn(mc)
+    group_names = list(getattr(groups, "names", [f"G{g + 1}" for g in range(groups.n_groups)]))
+    runs: dict[str, dict[str, list]] = {}
+    excluded: dict = {}
+    last_cals: dict = {}
+    last_draw = None
+    method_names: list[str] = []
+
+    iterator = range(mc)
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, desc=desc, unit="run", leave=False)
+        except ImportError:  # pragma: no cover
+            pass
+
+    for r in iterator:
+        rng = np.random.default_rng(children[r])
+        draw = draw_fn(rng)
+        K = int(draw.n_clients)
+        client_ids = [str(k) for k in range(K)]
+        present = [k for k in range(K) if np.any(draw.cal_client == k)]
+        pi_vec = np.full(K, 1.0 / K) if pi is None else np.asarray(pi, dtype=float) / float(np.sum(pi))
+        pi_map = _pi_dict([client_ids[k] for k in present], [pi_vec[k] for k in present])
+        cals = calibrators_mod.make_calibrators(
+            list(methods), groups, alpha, deltas=tuple(deltas), conservative=conservative
+        )
+        if not method_names:
+            method_names = list(cals)
+        # Test-time quantities shared by every method.
+        membership = np.asarray(groups.membership(draw.test_features), dtype=bool)
+        if draw.test_client is None:
+            eval_parts = {"all": np.arange(len(draw.test_labels))}
+            eval_pi = None
+        else:
+            eval_parts = {client_ids[k]: np.flatnonzero(draw.test_client == k) for k in range(K)}
+            eval_parts = {cid: idx for cid, idx in eval_parts.items() if idx.size}
+            eval_pi = {cid: float(pi_vec[int(cid)]) for cid in eval_parts}
+        client_idx = {k: np.flatnonzero(draw.cal_client == k) for k in present}
+
+        for name, cal in cals.items():
+            single = {name: cal}
+            t0 = time.perf_counter()
+            payloads = {}
+            nbytes = []
+            for k in present:
+                idx = client_idx[k]
+                p = calibrators_mod.client_payload(
+                    single, draw.cal_scores[idx], _take(draw.cal_features, idx), float(pi_vec[k]), K
+                )
+                payloads[client_ids[k]] = p
+                nbytes.append(payload_nbytes(p))
+            t_client = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            report = calibrators_mod.fit_all(single, payloads, pi=pi_map)
+            t_fit = time.perf_counter() - t0
+            if getattr(report, "excluded", None):
+                excluded.setdefault(name, []).append(dict(report.excluded))
+            fitted = report.calibrators[name] if hasattr(report, "calibrators") else cal
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                thr = np.asarray(fitted.thresholds_for(draw.test_features), dtype=float)
+            mask = draw.test_score_matrix <= thr[:, None]
+            t_pred = time.perf_counter() - t0
+            counts = {
+                cid: metrics_mod.evaluation_counts(mask[idx], draw.test_labels[idx], membership[idx])
+                for cid, idx in eval_parts.items()
+            }
+            agg = metrics_mod.aggregate_counts(counts, eval_pi)
+            rec = runs.setdefault(name, {})
+            rec.setdefault("marginal_coverage", []).append(float(agg["marginal_coverage"]))
+            rec.setdefault("marginal_set_size", []).append(float(agg["marginal_set_size"]))
+            rec.setdefault("group_coverage", []).append(np.asarray(agg["group_coverage"], dtype=float))
+            rec.setdefault("group_set_size", []).append(np.asarray(agg["group_set_size"], dtype=float))
+            rec.setdefault("bytes_per_client", []).append(float(np.mean(nbytes)) if nbytes else 0.0)
+            rec.setdefault("client_time_s", []).append(t_client / max(len(present), 1))
+            rec.setdefault("fit_time_s", []).append(t_fit)
+            rec.setdefault("predict_time_s", []).append(t_pred)
+            rec.setdefault("finite_threshold_fraction", []).append(float(np.mean(np.isfinite(thr))))
+            rec.setdefault("group_mean_threshold", []).append(_group_means(thr, membership))
+            if r == mc - 1 and keep_last:
+                last_cals[name] = fitted
+        if r == mc - 1 and keep_last:
+            last_draw = draw
+    return MCResult(method_names, group_names, float(alpha), runs, last_cals, last_draw, excluded)
+
+
+def _group_means(values: np.ndarray, membership: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` over the test points of each group (nan for an empty group; inf stays inf)."""
+    counts = membership.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sums = np.array([values[membership[:, g]].sum() if counts[g] else np.nan for g in range(membership.shape[1])])
+        return sums / np.where(counts > 0, counts, 1)
+
+
+def _take(features, idx):
+    return np.asarray(features)[idx]
+
+
+def _mean_se(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(values, dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(values, axis=0)
+        n = np.sum(np.isfinite(values), axis=0)
+        sd = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros_like(mean)
+        se = np.where(n > 1, sd / np.sqrt(np.maximum(n, 1)), 0.0)
+    return mean, se
+
+
+def summarize_runs(result: MCResult) -> dict:
+    """Average over runs: the JSON ``methods`` block of the issue's format (plus timing and bytes)."""
+    out = {}
+    for name in result.method_names:
+        rec = result.runs[name]
+        gc, gc_se = _mean_se(np.vstack(rec["group_coverage"]))
+        gs, _ = _mean_se(np.vstack(rec["group_set_size"]))
+        mc_, mc_se = _mean_se(np.asarray(rec["marginal_coverage"]))
+        ms, _ = _mean_se(np.asarray(rec["marginal_set_size"]))
+        gt, _ = _mean_se(np.vstack(rec["group_mean_threshold"]))
+        out[name] = {
+            "marginal_coverage": float(mc_),
+            "marginal_coverage_se": float(mc_se),
+            "group_coverage": [float(v) for v in gc],
+            "group_coverage_se": [float(v) for v in gc_se],
+            "group_set_size": [float(v) for v in gs],
+            "marginal_set_size": float(ms),
+            "group_mean_threshold": [float(v) for v in gt],
+            "bytes_per_client": float(np.mean(rec["bytes_per_client"])),
+            "client_time_s": float(np.mean(rec["client_time_s"])),
+            "fit_time_s": float(np.mean(rec["fit_time_s"])),
+            "predict_time_s": float(np.mean(rec["predict_time_s"])),
+            "finite_threshold_fraction": float(np.mean(rec["finite_threshold_fraction"])),
+        }
+    return out
+
+
+def classification_draw_fn(
+    score_matrix: np.ndarray,
+    labels: np.ndarray,
+    features: np.ndarray,
+    client_of_label: np.ndarray,
+    n_cal: int,
+    n_clients: int,
+    mixture_eval: bool = True,
+) -> Callable[[np.random.Generator], Draw]:
+    """Random calibration / test split of one model's outputs; calibration points go to clients by true label.
+
+    ``client_of_label[y]`` is the client holding class ``y``; ``-1`` means no client holds it, and such points are left
+    out of both calibration and evaluation (the test distribution is the clients' mixture).
+    """
+    score_matrix = np.asarray(score_matrix, dtype=float)
+    labels = np.asarray(labels, dtype=np.int64)
+    features = np.asarray(features)
+    client_of_label = np.asarray(client_of_label, dtype=np.int64)
+    n = len(labels)
+    if not 0 < n_cal < n:
+        raise ValueError(f"n_cal must be in (0, {n}), got {n_cal!r}")
+    point_client = client_of_label[labels]
+    held = point_client >= 0
+    cal_scores_all = score_matrix[np.arange(n), labels]
+
+    def draw(rng: np.random.Generator) -> Draw:
+        perm = rng.permutation(n)
+        cal, test = perm[:n_cal], perm[n_cal:]
+        cal = cal[held[cal]]
+        test = test[held[test]]
+        return Draw(
+            cal_scores=cal_scores_all[cal],
+            cal_features=features[cal],
+            cal_client=point_client[cal],
+            test_score_matrix=score_matrix[test],
+            test_labels=labels[test],
+            test_features=features[test],
+            test_client=point_client[test] if mixture_eval else None,
+            n_clients=n_clients,
+        )
+
+    return draw
+
+
+def parse_client_classes(text: str, n_classes: int) -> tuple[list[list[int]], np.ndarray]:
+    """``"0,1;2,3;4-5"`` -> client label lists and the class -> client map (``-1`` for classes nobody holds)."""
+    clients: list[list[int]] = []
+    for part in str(text).split(";"):
+        part = part.strip()
+        if not part:
+            raise ValueError(f"client_classes has an empty client in {text!r}")
+        labs: list[int] = []
+        for tok in part.split(","):
+            tok = tok.strip()
+            if "-" in tok:
+                lo, hi = tok.split("-", 1)
+                labs.extend(range(int(lo), int(hi) + 1))
+            else:
+                labs.append(int(tok))
+        clients.append(labs)
+    owner = np.full(n_classes, -1, dtype=np.int64)
+    for k, labs in enumerate(clients):
+        for y in labs:
+            if not 0 <= y < n_classes:
+                raise ValueError(f"client_classes names class {y!r} outside [0, {n_classes})")
+            if owner[y] >= 0:
+                raise ValueError(f"client_classes gives class {y!r} to clients {owner[y]} and {k}")
+            owner[y] = k
+    return clients, owner
