@@ -1,0 +1,366 @@
+"""Glue between the Flower apps and the library: run-config parsing, client data, model, scores.
+
+Kept thin on purpose: data loading/partitioning lives in ``data.py``, the model and its training loop in
+``models.py`` / ``training.py``, every conformal computation in the core (``calibrators.py``, ``metrics.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+# Every knob of ``[tool.flwr.app.config]`` (kebab-case) with its default. The ServerApp forwards the effective
+# values to the clients in every message's ConfigRecord, so clients also work when their run_config is empty
+# (``flwr.simulation.run_simulation``) or stale.
+DEFAULTS: dict[str, Any] = {
+    "dataset": "digits",
+    "client-classes": "0,1;2,3;4,5;6,7;8,9",
+    "calibration-fraction": 0.25,
+    "test-fraction": 0.25,
+    "seed": 0,
+    "num-server-rounds": 3,
+    "local-epochs": 2,
+    "learning-rate": 0.01,
+    "batch-size": 32,
+    "alpha": 0.1,
+    "deltas": "250",
+    "methods": "split_cp,fedcp,gcfcp",
+    "groups": "0-3;2-5;4-7;6-9",
+    "score": "softmax",
+    "mixture-weights": "",
+    "conservative": False,
+    "calibration-timeout": 120.0,
+    "min-calibration-clients": 2,
+    "train-timeout": 600.0,
+    "results-dir": "",
+    "plot": True,
+}
+
+# Knobs the clients need (sent in every ConfigRecord under these keys).
+CLIENT_KEYS = (
+    "dataset",
+    "client-classes",
+    "calibration-fraction",
+    "test-fraction",
+    "seed",
+    "local-epochs",
+    "learning-rate",
+    "batch-size",
+    "alpha",
+    "deltas",
+    "methods",
+    "groups",
+    "score",
+    "mixture-weights",
+    "conservative",
+)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Typed view of the run config (kebab-case keys -> snake_case fields)."""
+
+    dataset: str = "digits"
+    client_classes: str = "0,1;2,3;4,5;6,7;8,9"
+    calibration_fraction: float = 0.25
+    test_fraction: float = 0.25
+    seed: int = 0
+    num_server_rounds: int = 3
+    local_epochs: int = 2
+    learning_rate: float = 0.01
+    batch_size: int = 32
+    alpha: float = 0.1
+    deltas: str = "250"
+    methods: str = "split_cp,fedcp,gcfcp"
+    groups: str = "0-3;2-5;4-7;6-9"
+    score: str = "softmax"
+    mixture_weights: str = ""
+    conservative: bool = False
+    calibration_timeout: float = 120.0
+    min_calibration_clients: int = 2
+    train_timeout: float = 600.0
+    results_dir: str = ""
+    plot: bool = True
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def from_mapping(cls, *configs: Mapping[str, Any] | None) -> "AppConfig":
+        """Merge run-config style mappings (later ones win); unknown keys raise ValueError naming them."""
+        merged: dict[str, Any] = dict(DEFAULTS)
+        for cfg in configs:
+            if not cfg:
+                continue
+            for key, value in dict(cfg).items():
+                if key in ("server-round",):  # injected by Flower strategies
+                    continue
+                if key not in DEFAULTS:
+                    raise ValueError(f"run config: unknown key {key!r} (value {value!r}); known: {sorted(DEFAULTS)}")
+                merged[key] = value
+        kwargs = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            kwargs[f.name] = _coerce(key, merged[key], type(DEFAULTS[key]))
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"run config: alpha must be in (0, 1), got {self.alpha!r}")
+        if self.num_server_rounds < 0:
+            raise ValueError(f"run config: num-server-rounds must be >= 0, got {self.num_server_rounds!r}")
+        if self.min_calibration_clients < 1:
+            raise ValueError(
+                f"run config: min-calibration-clients must be >= 1, got {self.min_calibration_clients!r}"
+            )
+        if self.calibration_timeout <= 0:
+            raise ValueError(f"run config: calibration-timeout must be > 0, got {self.calibration_timeout!r}")
+        for frac_name in ("calibration_fraction", "test_fraction"):
+            v = getattr(self, frac_name)
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"run config: {frac_name.replace('_', '-')} must be in (0, 1), got {v!r}")
+        if self.calibration_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                "run config: calibration-fraction + test-fraction must be < 1 (the rest trains), got "
+                f"{self.calibration_fraction!r} + {self.test_fraction!r}"
+            )
+        self.delta_list()
+        self.method_list()
+        self.class_lists()
+        if self.results_dir and not os.path.isabs(self.results_dir):
+            raise ValueError(f"run config: results-dir must be an absolute path (or ''), got {self.results_dir!r}")
+
+    # ------------------------------------------------------------------ derived values
+    def to_run_config(self) -> dict[str, Any]:
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def client_config(self) -> dict[str, Any]:
+        """The knobs the clients need, as ConfigRecord-safe python scalars."""
+        rc = self.to_run_config()
+        return {k: rc[k] for k in CLIENT_KEYS}
+
+    def delta_list(self) -> list[float]:
+        text = str(self.deltas).strip()
+        if not text:
+            return [250.0]
+        try:
+            out = [float(t) for t in text.split(",") if t.strip()]
+        except ValueError as exc:
+            raise ValueError(f"run config: deltas must be comma-separated numbers, got {self.deltas!r}") from exc
+        if not out or any(not np.isfinite(d) or d <= 0 for d in out):
+            raise ValueError(f"run config: deltas must be positive numbers, got {self.deltas!r}")
+        return out
+
+    def method_list(self) -> list[str]:
+        out = [m.strip() for m in str(self.methods).split(",") if m.strip()]
+        if not out:
+            raise ValueError(f"run config: methods must name at least one method, got {self.methods!r}")
+        return out
+
+    def class_lists(self) -> list[list[int]]:
+        try:
+            out = [[int(c) for c in part.split(",") if c.strip()] for part in str(self.client_classes).split(";")]
+        except ValueError as exc:
+            raise ValueError(
+                f"run config: client-classes must look like '0,1;2,3', got {self.client_classes!r}"
+            ) from exc
+        if not out or any(not part for part in out):
+            raise ValueError(f"run config: client-classes must look like '0,1;2,3', got {self.client_classes!r}")
+        return out
+
+    def mixture_weight_list(self, n_clients: int) -> list[float] | None:
+        text = str(self.mixture_weights).strip()
+        if not text:
+            return None
+        try:
+            w = [float(t) for t in text.split(",")]
+        except ValueError as exc:
+            raise ValueError(f"run config: mixture-weights must be numbers, got {self.mixture_weights!r}") from exc
+        if len(w) != n_clients or any(not np.isfinite(x) or x <= 0 for x in w):
+            raise ValueError(
+                f"run config: mixture-weights needs {n_clients} positive numbers (one per partition), "
+                f"got {self.mixture_weights!r}"
+            )
+        return w
+
+    def pi_for(self, partition_id: int, n_clients: int) -> float:
+        """π_k of one partition, normalised over all ``n_clients`` partitions (uniform when unset)."""
+        w = self.mixture_weight_list(n_clients)
+        if w is None:
+            return 1.0 / n_clients
+        return w[partition_id] / sum(w)
+
+    def results_path(self) -> Path:
+        return Path(self.results_dir) if self.results_dir else Path.cwd() / "results"
+
+
+def _coerce(key: str, value: Any, typ: type) -> Any:
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off", ""):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if typ is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"run config: {key} must be {typ.__name__}, got {value!r}") from exc
+
+
+# ---------------------------------------------------------------------- client data
+@dataclass
+class ClientData:
+    """One client's local splits (images float32 (n, 1, H, W), labels int64)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_cal: np.ndarray
+    y_cal: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+
+
+def load_client_data(cfg: AppConfig, partition_id: int, num_partitions: int) -> ClientData:
+    """Partition the dataset with flwr-datasets (via ``data.py``) and split train / calibration / test."""
+    return _load_client_data_cached(
+        cfg.dataset,
+        cfg.client_classes,
+        float(cfg.calibration_fraction),
+        float(cfg.test_fraction),
+        int(cfg.seed),
+        int(partition_id),
+        int(num_partitions),
+    )
+
+
+@lru_cache(maxsize=16)
+def _load_client_data_cached(
+    dataset: str,
+    client_classes: str,
+    calibration_fraction: float,
+    test_fraction: float,
+    seed: int,
+    partition_id: int,
+    num_partitions: int,
+) -> ClientData:
+    from flwr_gcfcp import data as data_mod
+
+    cfg = AppConfig.from_mapping({"dataset": dataset, "client-classes": client_classes})
+    classes = cfg.class_lists()
+    if num_partitions != len(classes):
+        raise ValueError(
+            f"num-partitions ({num_partitions}) must equal the number of client-classes entries "
+            f"({len(classes)}: {client_classes!r})"
+        )
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id must be in [0, {num_partitions}), got {partition_id!r}")
+    ds = _load_dataset(data_mod, dataset)
+    n_classes = int(ds.features[data_mod.LABEL_COLUMN].num_classes) if hasattr(
+        ds.features[data_mod.LABEL_COLUMN], "num_classes"
+    ) else 10
+    part = data_mod.partition_by_client_classes(ds, classes, seed=seed)[partition_id]
+    # test split first, then calibration out of the rest (fractions are of the whole partition)
+    rest, test = data_mod.split_train_calibration(part, test_fraction, seed=seed)
+    train, cal = data_mod.split_train_calibration(rest, calibration_fraction / (1.0 - test_fraction), seed=seed + 1)
+    x_tr, y_tr = data_mod.dataset_to_numpy(train)
+    x_ca, y_ca = data_mod.dataset_to_numpy(cal)
+    x_te, y_te = data_mod.dataset_to_numpy(test)
+    return ClientData(x_tr, y_tr, x_ca, y_ca, x_te, y_te, n_classes)
+
+
+@lru_cache(maxsize=2)
+def _load_dataset(data_mod, dataset: str):
+    name = dataset.strip().lower()
+    if name == "digits":
+        return data_mod.load_digits_dataset()
+    raise ValueError(f"run config: dataset {dataset!r} is not supported by the Flower app (supported: 'digits')")
+
+
+# ---------------------------------------------------------------------- model
+def make_model(n_classes: int = 10, seed: int = 0):
+    import torch
+
+    from flwr_gcfcp import models
+
+    torch.manual_seed(seed)
+    return models.SmallCNN(n_classes=n_classes) if _accepts(models.SmallCNN, "n_classes") else models.SmallCNN()
+
+
+def _accepts(fn, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def initial_arrays(cfg: AppConfig, n_classes: int = 10):
+    from flwr.app import ArrayRecord
+
+    return ArrayRecord(make_model(n_classes, cfg.seed).state_dict())
+
+
+def load_model(arrays, n_classes: int = 10):
+    model = make_model(n_classes)
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return model
+
+
+def train_local(model, x, y, cfg: AppConfig) -> float:
+    from flwr_gcfcp import training
+
+    out = training.train(
+        model, x, y, epochs=cfg.local_epochs, lr=cfg.learning_rate, batch_size=cfg.batch_size, seed=cfg.seed
+    )
+    return float(out) if isinstance(out, (int, float)) else float("nan")
+
+
+def predict_proba(model, x) -> np.ndarray:
+    from flwr_gcfcp import training
+
+    return np.asarray(training.predict_proba(model, x), dtype=np.float64)
+
+
+# ---------------------------------------------------------------------- conformal glue
+def make_groups(cfg: AppConfig, n_classes: int):
+    from flwr_gcfcp.groups import parse_groups
+
+    return parse_groups(cfg.groups, n_labels=n_classes)
+
+
+def make_calibrators(cfg: AppConfig, n_classes: int):
+    from flwr_gcfcp.calibrators import make_calibrators as _make
+
+    return _make(
+        cfg.method_list(),
+        make_groups(cfg, n_classes),
+        cfg.alpha,
+        deltas=tuple(cfg.delta_list()),
+        conservative=cfg.conservative,
+    )
+
+
+def score_fn(cfg: AppConfig):
+    from flwr_gcfcp.scores import make_score
+
+    return make_score(cfg.score)
+
+
+def score_rng(cfg: AppConfig, partition_id: int, which: str) -> np.random.Generator:
+    return np.random.default_rng([int(cfg.seed), int(partition_id), {"cal": 1, "test": 2}[which]])
