@@ -23,7 +23,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Draw", "MCResult", "run_monte_carlo", "payload_nbytes", "summarize_runs"]
+__all__ = [
+    "Draw",
+    "MCResult",
+    "run_monte_carlo",
+    "payload_nbytes",
+    "summarize_runs",
+    "groupwise_random_thresholds",
+]
 
 
 @dataclass
@@ -103,6 +110,7 @@ def run_monte_carlo(
     progress: bool = True,
     desc: str = "Monte Carlo",
     keep_last: bool = True,
+    extra_methods: Mapping[str, Callable] | None = None,
 ) -> MCResult:
     """Run ``mc`` independent draws and calibrate every method on each.
 
@@ -120,6 +128,8 @@ def run_monte_carlo(
         not depend on ``mc``.
     deltas, conservative : passed to :func:`make_calibrators`.
     pi : mixture weights per client (default uniform).
+    extra_methods : {name: fn(draw, groups, alpha, pi_vec, rng) -> thresholds (m,)}
+        Baselines outside the calibrator API (e.g. :func:`groupwise_random_thresholds`), evaluated the same way.
     """
     calibrators_mod, metrics_mod = _core()
     if mc < 1:
@@ -208,9 +218,70 @@ def run_monte_carlo(
             rec.setdefault("group_mean_threshold", []).append(_group_means(thr, membership))
             if r == mc - 1 and keep_last:
                 last_cals[name] = fitted
+        for name, fn in (extra_methods or {}).items():
+            if name not in method_names:
+                method_names.append(name)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                thr = np.asarray(fn(draw, groups, alpha, pi_vec, rng), dtype=float)
+            mask = draw.test_score_matrix <= thr[:, None]
+            t_fit = time.perf_counter() - t0
+            counts = {
+                cid: metrics_mod.evaluation_counts(mask[idx], draw.test_labels[idx], membership[idx])
+                for cid, idx in eval_parts.items()
+            }
+            agg = metrics_mod.aggregate_counts(counts, eval_pi)
+            rec = runs.setdefault(name, {})
+            rec.setdefault("marginal_coverage", []).append(float(agg["marginal_coverage"]))
+            rec.setdefault("marginal_set_size", []).append(float(agg["marginal_set_size"]))
+            rec.setdefault("group_coverage", []).append(np.asarray(agg["group_coverage"], dtype=float))
+            rec.setdefault("group_set_size", []).append(np.asarray(agg["group_set_size"], dtype=float))
+            rec.setdefault("bytes_per_client", []).append(float("nan"))
+            rec.setdefault("client_time_s", []).append(float("nan"))
+            rec.setdefault("fit_time_s", []).append(t_fit)
+            rec.setdefault("predict_time_s", []).append(float("nan"))
+            rec.setdefault("finite_threshold_fraction", []).append(float(np.mean(np.isfinite(thr))))
+            rec.setdefault("group_mean_threshold", []).append(_group_means(thr, membership))
         if r == mc - 1 and keep_last:
             last_draw = draw
     return MCResult(method_names, group_names, float(alpha), runs, last_cals, last_draw, excluded)
+
+
+def groupwise_random_thresholds(draw: Draw, groups, alpha, pi_vec, rng: np.random.Generator) -> np.ndarray:
+    """Group-wise federated CP with random overlap tie-breaking (the construction of App. E.2's baselines).
+
+    Each group is calibrated on its own, as a federated split CP over the clients holding points of that group
+    (λ_k = π_k / (n_{k,g} + 1), π renormalised over those clients, exact weighted rank from ``quantiles``); a test
+    point lying in several groups uses the threshold of one of them drawn uniformly at random. This is *not* FedCF
+    or personalized FCP (neither is implemented here); it isolates the mechanism the paper blames for their
+    under-coverage on overlapping groups: treating each group independently.
+    """
+    from fractions import Fraction
+
+    from flwr_gcfcp.quantiles import client_lambdas, weighted_conformal_threshold
+
+    cal_m = np.asarray(groups.membership(draw.cal_features), dtype=bool)
+    test_m = np.asarray(groups.membership(draw.test_features), dtype=bool)
+    d = cal_m.shape[1]
+    q = np.full(d, np.inf)
+    for g in range(d):
+        in_g = cal_m[:, g]
+        ks = [k for k in range(draw.n_clients) if np.any(in_g & (draw.cal_client == k))]
+        if not ks:
+            continue
+        n_k = [int(np.sum(in_g & (draw.cal_client == k))) for k in ks]
+        lam = client_lambdas(n_k, [Fraction(float(pi_vec[k])) for k in ks])
+        weights = np.empty(int(in_g.sum()))
+        clients_g = draw.cal_client[in_g]
+        for k, l in zip(ks, lam):
+            weights[clients_g == k] = float(l)
+        # client_lambdas renormalises π over ks: the weighted rule's total weight is Σ π_k = 1.
+        q[g] = weighted_conformal_threshold(draw.cal_scores[in_g], weights, alpha, 1)
+    # random eligible group per test point
+    u = rng.random(test_m.shape)
+    pick = np.argmax(np.where(test_m, u, -1.0), axis=1)
+    return q[pick]
 
 
 def _group_means(values: np.ndarray, membership: np.ndarray) -> np.ndarray:
