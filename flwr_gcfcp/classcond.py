@@ -50,7 +50,8 @@ clustered, every point for standard)
 
     P(s(X, Y) <= q)  >=  (k - εW)/(W + 1)  >=  1 - α - ε  >=  1 - α - π/δ.
 
-``conservative=True`` reads the threshold at rank ``k + ⌈εW⌉`` instead (``+inf`` when this exceeds ``W``), which
+``conservative=True`` reads the threshold at rank ``k + ⌈εW⌉`` instead (``+inf`` when this exceeds ``W``; no
+correction for a pool whose centroids all have weight 1, since those are the exact scores), which
 restores ``P(s(X, Y) <= q) >= k/(W + 1) >= 1 - α`` exactly (it is at least as strong as asking for level
 ``1 - α + π/δ``). For clustered CP the per-class statement is, as in Ding et al. Prop. 3, up to the within-cluster
 TV distance of the class score distributions.
@@ -149,7 +150,9 @@ def _pool_threshold(values: Sequence[np.ndarray], weights: Sequence[np.ndarray],
     v, w = _pool(values, weights)
     cumw = np.cumsum(w)
     total = int(cumw[-1]) if cumw.size else 0
-    k = _conformal_rank(total, alpha) + _extra_rank(total, eps)
+    # centroids of weight 1 are exact points: a pool of them has no sketch error and needs no correction
+    lossy = bool((w > 1).any())
+    k = _conformal_rank(total, alpha) + (_extra_rank(total, eps) if lossy else 0)
     return _rank_value(v, cumw, k), total
 
 
@@ -227,7 +230,8 @@ def _warn_insufficient(what: str, ids: Sequence[int], alpha: object, need: int) 
     if len(ids):
         shown = ", ".join(str(int(i)) for i in list(ids)[:20]) + (" ..." if len(ids) > 20 else "")
         warnings.warn(
-            f"{len(ids)} {what} have fewer than (1 - alpha)/alpha = {need} calibration points at alpha={alpha!r} "
+            f"{len(ids)} {what} have too few calibration points for a finite threshold at alpha={alpha!r} "
+            f"(fewer than (1 - alpha)/alpha = {need}, or the conservative digest correction exceeds the pool) "
             f"({shown}): their threshold is +inf (every such label is always in the set)",
             InsufficientDataWarning,
             stacklevel=3,
