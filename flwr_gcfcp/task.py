@@ -23,10 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "calibration-fraction": 0.25,
     "test-fraction": 0.25,
     "seed": 0,
-    "num-server-rounds": 3,
-    "local-epochs": 2,
-    "learning-rate": 0.01,
-    "batch-size": 32,
+    "num-server-rounds": 25,
+    "local-epochs": 1,
+    "learning-rate": 0.02,
+    "batch-size": 16,
     "alpha": 0.1,
     "deltas": "250",
     "methods": "split_cp,fedcp,gcfcp",
@@ -70,10 +70,10 @@ class AppConfig:
     calibration_fraction: float = 0.25
     test_fraction: float = 0.25
     seed: int = 0
-    num_server_rounds: int = 3
-    local_epochs: int = 2
-    learning_rate: float = 0.01
-    batch_size: int = 32
+    num_server_rounds: int = 25
+    local_epochs: int = 1
+    learning_rate: float = 0.02
+    batch_size: int = 16
     alpha: float = 0.1
     deltas: str = "250"
     methods: str = "split_cp,fedcp,gcfcp"

@@ -404,7 +404,12 @@ class ConformalStrategy(Strategy):
                 f"{self.min_calibration_clients} (min-calibration-clients); excluded: "
                 + "; ".join(f"{c}: {e['reason']}" for c, e in excluded.items())
             )
-        calibrators = report.calibrators
+        failed_methods = dict(getattr(report, "failed_methods", {}) or {})
+        for name, reason in failed_methods.items():
+            log(WARNING, "Calibration: method %s could not be fitted: %s", name, reason)
+        calibrators = {n: c for n, c in report.calibrators.items() if n not in failed_methods}
+        if not calibrators:
+            raise CalibrationError(f"calibration: no method could be fitted: {failed_methods}")
         timings["calibration_s"] = time.perf_counter() - t
         log(INFO, "Calibrated %d method(s) on %d client(s)", len(calibrators), len(used))
         for name, cal in calibrators.items():
@@ -475,6 +480,7 @@ class ConformalStrategy(Strategy):
                 "methods": methods_report,
                 "private": {name: bool(getattr(cal, "private", True)) for name, cal in calibrators.items()},
                 "excluded_clients": [{"client": c, **e} for c, e in excluded.items()],
+                "failed_methods": failed_methods,
                 "evaluation_excluded_clients": [{"client": c, **e} for c, e in eval_excluded.items()],
                 "calibration_clients": [{"client": c, **node_info.get(c, {})} for c in used],
                 "evaluation_clients": sorted(eval_pi),

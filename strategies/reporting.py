@@ -56,7 +56,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def save_predictor(predictor: Any, path: Path) -> None:
-    """Save a core ``Predictor`` as JSON (uses its own serialiser when it has one)."""
+    """Save a core predictor (a JSON-able dict, or an object with its own serialiser) as JSON."""
+    if isinstance(predictor, dict):
+        path.write_text(json.dumps(_jsonable(predictor), indent=1))
+        return
     for meth in ("save", "to_json_file"):
         fn = getattr(predictor, meth, None)
         if callable(fn):
@@ -127,8 +130,18 @@ def write_results(result: Any, results_dir: str | Path, alpha: float | None = No
         files["plot"] = str(png)
     files["json"] = str(out / "results.json")
     report = {**report, "files": files}
-    (out / "results.json").write_text(json.dumps(report, indent=1, default=_default))
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1, default=_default))
+    tmp.replace(out / "results.json")  # atomic: watchers never read a half-written file
     return files
+
+
+def _jsonable(obj: Any) -> Any:
+    try:
+        from flwr_gcfcp.metrics import to_jsonable
+    except ImportError:  # pragma: no cover
+        return json.loads(json.dumps(obj, default=_default))
+    return to_jsonable(obj)
 
 
 def _default(o: Any) -> Any:
