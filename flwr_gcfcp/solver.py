@@ -57,6 +57,8 @@ def exact_integer_weights(weights: np.ndarray, *extra: object) -> tuple[np.ndarr
     is_int = (w.dtype.kind in "iu" or (w.dtype == object and all(isinstance(x, (int, np.integer)) for x in w))) and all(
         isinstance(x, (int, np.integer)) for x in extras
     )
+    if is_int and w.dtype.kind in "iu" and w.size and int(np.abs(w).max()) * w.size < _INT64_SAFE:
+        return w.astype(np.int64), [int(x) for x in extras]
     if is_int:
         ints = [int(x) for x in w.tolist()]
         ext = [int(x) for x in extras]
@@ -125,17 +127,35 @@ class _Atom:
 
 
 class _Interval:
-    """Closed interval of reals with exact Fraction ends (None = infinite)."""
+    """Closed interval of reals between two floats (None = infinite); exact ends are Fractions on demand."""
+
+    __slots__ = ("flo", "fhi")
+
+    def __init__(self, lo: float | None, hi: float | None) -> None:
+        self.flo, self.fhi = lo, hi
+
+    @property
+    def lo(self) -> Fraction | None:
+        return None if self.flo is None else Fraction(self.flo)
+
+    @property
+    def hi(self) -> Fraction | None:
+        return None if self.fhi is None else Fraction(self.fhi)
+
+    def scaled(self, k: int) -> "_Exact":
+        lo, hi = self.lo, self.hi
+        lo = None if lo is None else lo * k
+        hi = None if hi is None else hi * k
+        return _Exact(lo, hi) if k > 0 else _Exact(hi, lo)
+
+
+class _Exact:
+    """Closed interval with exact Fraction ends (None = infinite)."""
 
     __slots__ = ("lo", "hi")
 
     def __init__(self, lo: Fraction | None, hi: Fraction | None) -> None:
         self.lo, self.hi = lo, hi
-
-    def scaled(self, k: int) -> "_Interval":
-        lo = None if self.lo is None else self.lo * k
-        hi = None if self.hi is None else self.hi * k
-        return _Interval(lo, hi) if k > 0 else _Interval(hi, lo)
 
 
 def _sum_ends(ends: list[Fraction | None]) -> Fraction | None:
@@ -289,12 +309,14 @@ class AtomSolver:
             t_lo, t_hi = max(t_lo, ends[0]), min(t_hi, ends[1])
         if t_lo > t_hi:
             return math.inf  # dual infeasible: the fit at atom a follows the imputed score to +inf
-        pieces = [np.array([t_lo, t_hi], dtype=object)]
-        for _, nb, a_b, cum, _ in terms:
-            if cum.size:
-                pieces.append(((a_b - cum) // nb).astype(object))
-                pieces.append(np.array([a_b // nb], dtype=object))
-        grid = np.unique(np.concatenate(pieces))
+        ends = [t_lo, t_hi] + [a_b // nb for _, nb, a_b, cum, _ in terms if cum.size]
+        small = all(abs(int(x)) < _INT64_SAFE for x in ends) and all(
+            cum.dtype != object and abs(a_b) < _INT64_SAFE for _, _, a_b, cum, _ in terms
+        )
+        kind = np.int64 if small else object  # int64 sorts ~20x faster than Python ints
+        pieces = [np.array(ends, dtype=kind)]
+        pieces += [((a_b - cum) // nb).astype(kind) for _, nb, a_b, cum, _ in terms if cum.size]
+        grid = np.sort(np.concatenate(pieces))  # duplicates are harmless for the bisection
         grid = grid[(grid >= t_lo) & (grid <= t_hi)]
 
         def intervals(t: int) -> list[_Interval]:
@@ -304,11 +326,32 @@ class AtomSolver:
             scaled = [iv.scaled(nb) for i, (iv, (_, nb, *_)) in enumerate(zip(ivs, terms)) if i != skip]
             return _sum_ends([s.lo for s in scaled]), _sum_ends([s.hi for s in scaled])
 
+        def sign_range(ivs: list[_Interval]) -> tuple[int | None, int | None]:
+            """Signs of min and max of Σ n_b θ_b (None = infinite); float first, exact only near 0."""
+            lo_terms, hi_terms = [], []
+            for iv, (_, nb, *_) in zip(ivs, terms):
+                a, b = iv.flo, iv.fhi
+                lo_terms.append(None if (a if nb > 0 else b) is None else nb * (a if nb > 0 else b))
+                hi_terms.append(None if (b if nb > 0 else a) is None else nb * (b if nb > 0 else a))
+            signs = []
+            for which, vals in ((0, lo_terms), (1, hi_terms)):
+                if any(v is None for v in vals):
+                    signs.append(None)
+                    continue
+                total = math.fsum(vals)
+                # each product nb·v carries at most half an ulp of error; fsum adds none of its own
+                if abs(total) > 4 * sum(abs(v) for v in vals) * 2.0**-52:
+                    signs.append(1 if total > 0 else -1)
+                else:
+                    exact = total_range(ivs)[which]
+                    signs.append((exact > 0) - (exact < 0))
+            return signs[0], signs[1]
+
         lo_i, hi_i, found = 0, len(grid) - 1, None
         while lo_i <= hi_i:  # Σ n_b θ_b(t) is non-increasing in t: bisect for the t where it can be 0
             mid = (lo_i + hi_i) // 2
             ivs = intervals(int(grid[mid]))
-            g_lo, g_hi = total_range(ivs)
+            g_lo, g_hi = sign_range(ivs)
             if g_hi is not None and g_hi < 0:
                 hi_i = mid - 1
             elif g_lo is not None and g_lo > 0:
@@ -392,13 +435,13 @@ def _quantile_interval(atom: _Atom | None, cum: np.ndarray, level: int) -> _Inte
         return _Interval(None, None)
     values = atom.values
     if level == 0:
-        return _Interval(None, Fraction(float(values[0])))
+        return _Interval(None, float(values[0]))
     if level == cum[-1]:
-        return _Interval(Fraction(float(values[-1])), None)
+        return _Interval(float(values[-1]), None)
     j = int(np.searchsorted(cum, level, side="left"))
-    v = Fraction(float(values[j]))
+    v = float(values[j])
     if cum[j] == level:
-        return _Interval(v, Fraction(float(values[j + 1])))
+        return _Interval(v, float(values[j + 1]))
     return _Interval(v, v)
 
 
