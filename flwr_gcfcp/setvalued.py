@@ -643,7 +643,12 @@ class SetValuedClassifier:
             self._fitted = True
             return self
         if fw == "f_beta":
-            if all("psi" in s for s in summaries):
+            has_psi = ["psi" in s for s in summaries]
+            if any(has_psi) and not all(has_psi):
+                raise ValueError("f_beta: summaries mix round-1 (psi) and round-2 (values) payloads")
+            if not any(has_psi) and not all("values" in s and "count_above" in s and "sum_above" in s for s in summaries):
+                raise ValueError("f_beta round-2 summaries must hold 'values', 'count_above' and 'sum_above'")
+            if all(has_psi):
                 grid = np.linspace(0.0, 1.0, self.n_grid)
                 psi = np.zeros(self.n_grid)
                 for i, s in enumerate(summaries):
