@@ -164,13 +164,13 @@ class AppConfig:
 
     def class_lists(self) -> list[list[int]]:
         try:
-            out = [[int(c) for c in part.split(",") if c.strip()] for part in str(self.client_classes).split(";")]
+            out = [_parse_labels(part) for part in str(self.client_classes).split(";")]
         except ValueError as exc:
             raise ValueError(
-                f"run config: client-classes must look like '0,1;2,3', got {self.client_classes!r}"
+                f"run config: client-classes must look like '0,1;2,3' or '0-4;5-9', got {self.client_classes!r}"
             ) from exc
         if not out or any(not part for part in out):
-            raise ValueError(f"run config: client-classes must look like '0,1;2,3', got {self.client_classes!r}")
+            raise ValueError(f"run config: client-classes must look like '0,1;2,3' or '0-4;5-9', got {self.client_classes!r}")
         return out
 
     def mixture_weight_list(self, n_clients: int) -> list[float] | None:
@@ -197,6 +197,23 @@ class AppConfig:
 
     def results_path(self) -> Path:
         return Path(self.results_dir) if self.results_dir else Path.cwd() / "results"
+
+
+def _parse_labels(text: str) -> list[int]:
+    """'0,1,5' or '0-3' or '0-2,7' -> sorted labels."""
+    out: list[int] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "-" in item:
+            lo, hi = (int(t) for t in item.split("-", 1))
+            if hi < lo:
+                raise ValueError(item)
+            out.extend(range(lo, hi + 1))
+        else:
+            out.append(int(item))
+    return out
 
 
 def _coerce(key: str, value: Any, typ: type) -> Any:
@@ -261,12 +278,7 @@ def _load_client_data_cached(
     from flwr_gcfcp import data as data_mod
 
     cfg = AppConfig.from_mapping({"dataset": dataset, "client-classes": client_classes})
-    classes = cfg.class_lists()
-    if num_partitions != len(classes):
-        raise ValueError(
-            f"num-partitions ({num_partitions}) must equal the number of client-classes entries "
-            f"({len(classes)}: {client_classes!r})"
-        )
+    classes = fold_classes(cfg.class_lists(), num_partitions)
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id must be in [0, {num_partitions}), got {partition_id!r}")
     ds = _load_dataset(data_mod, dataset)
@@ -281,6 +293,23 @@ def _load_client_data_cached(
     x_ca, y_ca = data_mod.dataset_to_numpy(cal)
     x_te, y_te = data_mod.dataset_to_numpy(test)
     return ClientData(x_tr, y_tr, x_ca, y_ca, x_te, y_te, n_classes)
+
+
+def fold_classes(classes: list[list[int]], num_partitions: int) -> list[list[int]]:
+    """Label sets per node. With fewer nodes than ``client-classes`` entries, node i holds entries i, i+N, ...
+
+    (``flwr run .`` simulates 2 SuperNodes unless ``--federation-config "num-supernodes=5"`` is given.)
+    """
+    if num_partitions < 1:
+        raise ValueError(f"num-partitions must be >= 1, got {num_partitions!r}")
+    if num_partitions > len(classes):
+        raise ValueError(
+            f"num-partitions ({num_partitions}) exceeds the number of client-classes entries ({len(classes)}); "
+            "give one label set per node in client-classes"
+        )
+    if num_partitions == len(classes):
+        return classes
+    return [sorted(c for j in range(i, len(classes), num_partitions) for c in classes[j]) for i in range(num_partitions)]
 
 
 @lru_cache(maxsize=2)

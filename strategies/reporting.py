@@ -121,6 +121,12 @@ def write_results(result: Any, results_dir: str | Path, alpha: float | None = No
         p = out / f"predictor_{name}.json"
         save_predictor(pred, p)
         files["predictors"][name] = str(p)
+    if len(getattr(result, "arrays", {}) or {}) > 0:
+        import numpy as np
+
+        model_path = out / "model.npz"
+        np.savez(model_path, **{k: v.numpy() for k, v in result.arrays.items()})
+        files["model"] = str(model_path)
     md = out / "results.md"
     md.write_text("# Conformal calibration results\n\n" + format_table(report))
     files["markdown"] = str(md)

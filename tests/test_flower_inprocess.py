@@ -1,0 +1,126 @@
+"""The real ClientApp and ConformalStrategy driven through an in-process Grid (no Ray, no SuperLink)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Array, Message, RecordDict
+
+from flwr_gcfcp import server_app, task
+from flwr_gcfcp.client_app import app as client_app
+from strategies import CalibrationError, ConformalStrategy, FedCPStrategy, GCFCPStrategy
+from strategies.conformal import PAYLOAD_KEY
+from strategies.inprocess import InProcessGrid
+
+CAL = "query.gcfcp_calibrate"
+
+
+def _cfg(tmp_path, **overrides):
+    base = {"results-dir": str(tmp_path / "results"), "num-server-rounds": 1, "calibration-timeout": 5.0}
+    base.update(overrides)
+    return task.AppConfig.from_mapping(base)
+
+
+def _corrupt_payload(reply: Message) -> Message:
+    """Replace the digest weights of the reply's payload with NaNs (a malformed payload)."""
+    rec = reply.content.array_records[PAYLOAD_KEY]
+    key = next(k for k in rec.keys() if k.endswith("/weights"))
+    bad = rec[key].numpy().astype(np.float64)
+    bad[:] = np.nan
+    rec[key] = Array(bad)
+    return reply
+
+
+def test_default_run_with_failing_silent_and_malformed_clients(tmp_path):
+    cfg = _cfg(tmp_path)
+    faults = {1: {CAL: "error"}, 2: {CAL: "silent"}, 3: {CAL: _corrupt_payload}}
+    grid = InProcessGrid(client_app, 5, faults=faults)
+    result = server_app.run(grid, cfg)
+
+    report = result.report
+    reasons = {e["client"]: e["reason"] for e in report["excluded_clients"]}
+    ids = grid.node_ids
+    assert set(reasons) == {str(ids[1]), str(ids[2]), str(ids[3])}
+    assert "error code 2" in reasons[str(ids[1])]
+    assert "no reply" in reasons[str(ids[2])]
+    assert "malformed" in reasons[str(ids[3])]
+    assert sorted(c["client"] for c in report["calibration_clients"]) == sorted([str(ids[0]), str(ids[4])])
+    assert set(report["methods"]) == {"split_cp", "fedcp", "gcfcp_delta250"}
+    assert report["private"] == {"split_cp": False, "fedcp": True, "gcfcp_delta250": True}
+    for name, m in report["methods"].items():
+        assert 0.0 <= m["marginal_coverage"] <= 1.0
+        assert len(m["group_coverage"]) == 4 and len(m["group_set_size"]) == 4
+
+    out = tmp_path / "results"
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["methods"]) == set(report["methods"])
+    assert len(data["excluded_clients"]) == 3
+    assert data["private"]["split_cp"] is False
+    for name in data["methods"]:
+        assert (out / f"predictor_{name}.json").is_file()
+    assert (out / "results.md").read_text().count("|") > 10
+    assert (out / "coverage.png").stat().st_size > 1000
+    assert (out / "model.npz").is_file()
+
+
+def test_code5_reply_is_mapped_back_to_the_dead_node(tmp_path):
+    cfg = _cfg(tmp_path, **{"num-server-rounds": 0})
+    grid = InProcessGrid(client_app, 5, faults={4: {CAL: "unavailable"}})
+    result = server_app.run(grid, cfg)
+    excluded = result.report["excluded_clients"]
+    assert [e["client"] for e in excluded] == [str(grid.node_ids[4])]
+    assert "error code 5" in excluded[0]["reason"]
+
+
+def test_too_few_answering_clients_fails_clearly(tmp_path):
+    cfg = _cfg(tmp_path, **{"num-server-rounds": 0, "min-calibration-clients": 4})
+    grid = InProcessGrid(client_app, 5, faults={0: {CAL: "error"}, 1: {CAL: "silent"}})
+    with pytest.raises(CalibrationError, match="min-calibration-clients"):
+        server_app.run(grid, cfg)
+
+
+def test_too_few_connected_nodes_does_not_hang(tmp_path):
+    cfg = _cfg(tmp_path, **{"min-calibration-clients": 3, "calibration-timeout": 0.5, "client-classes": "0-4;5-9"})
+    grid = InProcessGrid(client_app, 2)
+    with pytest.raises(CalibrationError, match="only 2 node"):
+        server_app.run(grid, cfg)
+
+
+def test_zero_rounds_calibrates_the_given_arrays(tmp_path):
+    cfg = _cfg(tmp_path, **{"num-server-rounds": 0})
+    grid = InProcessGrid(client_app, 5)
+    initial = task.initial_arrays(cfg)
+    strategy = server_app.build_strategy(cfg)
+    result = strategy.start(grid, initial, num_rounds=0)
+    assert result.arrays is initial
+    assert not any(m.metadata.message_type == "train" for m in grid.sent)
+    assert result.report["excluded_clients"] == []
+
+
+def test_thin_subclasses_choose_their_methods(tmp_path):
+    assert set(GCFCPStrategy(deltas=(25, 250))._calibrators) >= {"gcfcp_delta25", "gcfcp_delta250", "fedcp"}
+    assert set(FedCPStrategy()._calibrators) == {"fedcp"}
+    with pytest.raises(ValueError):
+        ConformalStrategy(methods=["no_such_method"])
+
+
+def test_user_strategy_and_model_plug_in(tmp_path):
+    """README snippet: the user's own FedAvg and model arrays, our strategy for calibration."""
+    from flwr.serverapp.strategy import FedAvg
+
+    cfg = _cfg(tmp_path, **{"num-server-rounds": 1})
+    fedavg = FedAvg(fraction_evaluate=0.0, min_available_nodes=5, min_train_nodes=5)
+    strategy = GCFCPStrategy(
+        fedavg,
+        groups="0-3;2-5;4-7;6-9",
+        alpha=0.1,
+        deltas=(250,),
+        client_config=cfg.client_config(),
+        calibration_timeout=5,
+    )
+    grid = InProcessGrid(client_app, 5)
+    result = strategy.start(grid, task.initial_arrays(cfg), num_rounds=1, train_config=None)
+    assert set(result.predictors) == {"gcfcp_delta250", "fedcp"}
+    assert len(result.report["calibration_clients"]) == 5
