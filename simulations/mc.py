@@ -111,6 +111,7 @@ def run_monte_carlo(
     desc: str = "Monte Carlo",
     keep_last: bool = True,
     extra_methods: Mapping[str, Callable] | None = None,
+    fedcp_delta: float | None = None,
 ) -> MCResult:
     """Run ``mc`` independent draws and calibrate every method on each.
 
@@ -130,6 +131,9 @@ def run_monte_carlo(
     pi : mixture weights per client (default uniform).
     extra_methods : {name: fn(draw, groups, alpha, pi_vec, rng) -> thresholds (m,)}
         Baselines outside the calibrator API (e.g. :func:`groupwise_random_thresholds`), evaluated the same way.
+    fedcp_delta : float, optional
+        δ of FedCP's digests. ``make_calibrators`` gives FedCP the first of ``deltas``; with this set, FedCP is built
+        by its own ``make_calibrators(["fedcp"], ..., deltas=(fedcp_delta,))`` call instead (same class, same API).
     """
     calibrators_mod, metrics_mod = _core()
     if mc < 1:
@@ -159,9 +163,7 @@ def run_monte_carlo(
         present = [k for k in range(K) if np.any(draw.cal_client == k)]
         pi_vec = np.full(K, 1.0 / K) if pi is None else np.asarray(pi, dtype=float) / float(np.sum(pi))
         pi_map = _pi_dict([client_ids[k] for k in present], [pi_vec[k] for k in present])
-        cals = calibrators_mod.make_calibrators(
-            list(methods), groups, alpha, deltas=tuple(deltas), conservative=conservative
-        )
+        cals = _make(calibrators_mod, methods, groups, alpha, deltas, conservative, fedcp_delta)
         if not method_names:
             method_names = list(cals)
         # Test-time quantities shared by every method.
@@ -193,6 +195,8 @@ def run_monte_carlo(
             t_fit = time.perf_counter() - t0
             if getattr(report, "excluded", None):
                 excluded.setdefault(name, []).append(dict(report.excluded))
+            if getattr(report, "failed_methods", None):
+                raise RuntimeError(f"fit_all failed for {name}: {report.failed_methods}")
             fitted = report.calibrators[name] if hasattr(report, "calibrators") else cal
             t0 = time.perf_counter()
             with warnings.catch_warnings():
@@ -290,6 +294,21 @@ def _group_means(values: np.ndarray, membership: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         sums = np.array([values[membership[:, g]].sum() if counts[g] else np.nan for g in range(membership.shape[1])])
         return sums / np.where(counts > 0, counts, 1)
+
+
+def _make(calibrators_mod, methods, groups, alpha, deltas, conservative, fedcp_delta):
+    methods = list(methods)
+    if fedcp_delta is None or "fedcp" not in methods:
+        return calibrators_mod.make_calibrators(methods, groups, alpha, deltas=tuple(deltas), conservative=conservative)
+    out = {}
+    for m in methods:
+        if m == "fedcp":
+            out.update(calibrators_mod.make_calibrators(["fedcp"], groups, alpha, deltas=(fedcp_delta,)))
+        else:
+            out.update(
+                calibrators_mod.make_calibrators([m], groups, alpha, deltas=tuple(deltas), conservative=conservative)
+            )
+    return out
 
 
 def _take(features, idx):

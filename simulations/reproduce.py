@@ -31,7 +31,6 @@ Every calibration goes through the functions the Flower apps call (``make_calibr
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -207,6 +206,7 @@ def run_classification(
     progress: bool = True,
     desc: str = "",
     mixture_eval: bool = True,
+    fedcp_delta: float | None = 250.0,
 ) -> tuple[dict, list[str], Any]:
     from flwr_gcfcp.groups import parse_groups
 
@@ -218,9 +218,21 @@ def run_classification(
     draw_fn = classification_draw_fn(smat, labels, features, owner, n_cal, len(clients), mixture_eval=mixture_eval)
     result = run_monte_carlo(
         draw_fn, groups, methods, alpha, mc, seed=seed, deltas=deltas, conservative=conservative,
-        progress=progress, desc=desc or "Monte Carlo",
+        progress=progress, desc=desc or "Monte Carlo", fedcp_delta=fedcp_delta,
     )
     return summarize_runs(result), result.group_names, result
+
+
+def conservative_note(deltas: Sequence[float], alpha: float, conservative: bool = True) -> str:
+    """Say which π/δ-corrected GC-FCP rows cannot exist (π/δ >= α: the corrected level 1 - α + π/δ reaches 1)."""
+    missing = [d for d in deltas if math.pi / d >= alpha]
+    if not conservative or not missing:
+        return ""
+    shown = ", ".join(f"{d:g}" for d in missing)
+    return (
+        f"GC-FCP +π/δ has no row for δ ∈ {{{shown}}}: there π/δ >= α = {alpha:g}, so the corrected level "
+        "1 - α + π/δ is 1 or more (the only valid set is every label); `make_calibrators` leaves it out.\n"
+    )
 
 
 def _base_payload(experiment: str, args, alpha, group_names, settings: dict, methods: dict, command: str) -> dict:
@@ -267,13 +279,17 @@ def exp_label_table(experiment: str, dataset: str, args, command: str) -> dict:
     summary, group_names, _ = run_classification(
         probs, labels, ds["groups"], ds["client_classes"], n_cal, alpha, methods, deltas,
         not args.no_conservative, args.mc, args.seed, progress=args.progress, desc=experiment,
+        fedcp_delta=args.fedcp_delta,
     )
     stem = experiment.replace("-", "_")
     title = f"{ds['title']}: α = {alpha}, {args.mc} Monte Carlo splits"
     table = report.markdown_table(summary, group_names, alpha)
     md = [f"# {experiment}\n", f"{title}. Command: `{command}`\n",
           f"Groups (predicted label): {ds['groups']}; clients (true labels): {ds['client_classes']}; "
-          f"n_cal = {n_cal} of {len(labels)}; score 1 - p_y; π_k uniform.\n", table]
+          f"n_cal = {n_cal} of {len(labels)}; score 1 - p_y; π_k uniform; FedCP digests at δ = {args.fedcp_delta:g}. "
+          "Per-group coverage is measured on the test half, each client's test points (by true label) "
+          "combined with the mixture weights π_k (`aggregate_counts`).\n",
+          conservative_note(deltas, alpha, not args.no_conservative), table]
     if dataset == "cifar10":
         md += ["\n## Against the paper's Table 2\n", _paper_comparison_table2(summary, group_names)]
     out = Path(args.out)
@@ -306,6 +322,7 @@ def exp_regression(args, command: str) -> dict:
     result = run_monte_carlo(
         draw_fn, groups, methods, alpha, args.mc, seed=args.seed, deltas=deltas,
         conservative=not args.no_conservative, progress=args.progress, desc="regression-fig3",
+        fedcp_delta=args.fedcp_delta,
     )
     summary = summarize_runs(result)
     for row in summary.values():  # interval width 2 q(x) in place of the set size
@@ -396,7 +413,7 @@ def exp_table5(args, command: str) -> dict:
     result = run_monte_carlo(
         draw_fn, groups, methods, alpha, args.mc, seed=args.seed, deltas=deltas,
         conservative=not args.no_conservative, progress=args.progress, desc="cifar10-table5",
-        extra_methods={"groupwise_random": groupwise_random_thresholds},
+        extra_methods={"groupwise_random": groupwise_random_thresholds}, fedcp_delta=args.fedcp_delta,
     )
     summary = summarize_runs(result)
     group_names = result.group_names
@@ -452,7 +469,7 @@ def exp_alpha_sweep(args, command: str) -> dict:
         for alpha in alphas:
             summary, group_names, _ = run_classification(
                 probs, labels, ds["groups"], ds["client_classes"], n_cal, alpha, methods, deltas, False, args.mc,
-                args.seed, progress=args.progress, desc=f"{dataset} α={alpha}",
+                args.seed, progress=args.progress, desc=f"{dataset} α={alpha}", fedcp_delta=args.fedcp_delta,
             )
             sweep.append((alpha, summary))
         fig = "fig4" if dataset == "cifar10" else "fig5"
@@ -482,7 +499,7 @@ def exp_delta_ablation(args, command: str) -> dict:
     methods = _parse_methods(args.methods or "fedcp,centralized_gcfcp,gcfcp")
     summary, group_names, _ = run_classification(
         probs, labels, ds["groups"], ds["client_classes"], n_cal, alpha, methods, deltas, True, args.mc, args.seed,
-        progress=args.progress, desc="delta-ablation",
+        progress=args.progress, desc="delta-ablation", fedcp_delta=args.fedcp_delta,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -492,7 +509,7 @@ def exp_delta_ablation(args, command: str) -> dict:
     md = [f"# delta-ablation ({ds['title']})\n", f"α = {alpha}, {args.mc} splits. Command: `{command}`\n",
           f"Sketch error bound of Lemma 5.1 ({bound}). Bytes per client = the client's payload arrays "
           "(`client_payload` for that method alone); times are per client (summarize) and per calibration "
-          "(server fit_all), averaged over splits.\n", table]
+          "(server fit_all), averaged over splits.\n", conservative_note(deltas, alpha), table]
     (out / f"{stem}.md").write_text("\n".join(md))
     report.plot_delta_ablation(summary, group_names, alpha, out / f"{stem}.png",
                                title=f"δ ablation, {ds['title']}, α = {alpha}, {args.mc} splits")
@@ -524,7 +541,7 @@ def exp_scores(args, command: str) -> dict:
     methods = _parse_methods(args.methods or "split_cp,fedcp,condcp,centralized_gcfcp,gcfcp")
     summary, group_names, _ = run_classification(
         probs, labels, groups_text, client_classes, n_cal, alpha, methods, deltas, not args.no_conservative,
-        args.mc, args.seed, score=args.score, progress=args.progress, desc="scores",
+        args.mc, args.seed, score=args.score, progress=args.progress, desc="scores", fedcp_delta=args.fedcp_delta,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -533,7 +550,7 @@ def exp_scores(args, command: str) -> dict:
     table = report.markdown_table(summary, group_names, alpha)
     md = [f"# scores: {path.name}\n", f"{title}. Command: `{command}`\n",
           f"Groups: {groups_text}; clients (true labels): {client_classes}; n_cal = {n_cal} of {len(labels)}; "
-          f"score {args.score}.\n", table]
+          f"score {args.score}.\n", conservative_note(deltas, alpha, not args.no_conservative), table]
     (out / f"{stem}.md").write_text("\n".join(md))
     report.plot_group_coverage(summary, group_names, alpha, out / f"{stem}_group_coverage.png", title=title)
     payload = _base_payload(
@@ -548,30 +565,73 @@ def exp_scores(args, command: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- class-conditional
-def exp_dispatch(experiment: str, args, command: str):
-    """Hand over to ``simulations.experiments_classcond`` (owned by the class-conditional work, issue 5)."""
+CIFAR100_LOGITS = "logits/cifar100_resnet56_test_logits.npz"
+
+
+def _progress_callback(enabled: bool, desc: str):
+    """A ``progress(done, total)`` callable drawing a tqdm bar (None when disabled)."""
+    if not enabled:
+        return None, None
+    from tqdm.auto import tqdm
+
+    state: dict[str, Any] = {"bar": None}
+
+    def progress(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = tqdm(total=total, desc=desc, unit="run", leave=False)
+        state["bar"].n = done
+        state["bar"].refresh()
+
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].close()
+
+    return progress, close
+
+
+def exp_dispatch(experiment: str, args, command: str) -> dict:
+    """Class-conditional and set-valued experiments: ``simulations.experiments_classcond`` does the Monte Carlo and
+    writes its tables and plots; this runner loads the model outputs (default: the CIFAR-100 ResNet-56 logits, the
+    many-class case) and names the outputs."""
+    from simulations import experiments_classcond as ecc
+
+    if args.logits:
+        path = Path(args.logits)
+        if not path.is_file():
+            raise DataMissingError(f"{experiment}: --logits file {str(path)!r} not found")
+    else:
+        path = _data_file(args.data_dir, CIFAR100_LOGITS, experiment)
+    probs, labels = load_outputs(path)
+    alpha = args.alpha if args.alpha is not None else 0.1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress, close = _progress_callback(args.progress, experiment)
+    stem = experiment.replace("-", "_") + ("" if not args.logits else f"_{path.stem}")
     try:
-        from simulations import experiments_classcond as ecc
-    except ImportError as exc:  # pragma: no cover - depends on another module landing
-        raise RuntimeError(
-            f"{experiment}: simulations.experiments_classcond is not available ({exc})"
-        ) from exc
-    fn = getattr(ecc, "run_class_conditional" if experiment == "class-conditional" else "run_set_valued")
-    candidates = {
-        "mc": args.mc, "seed": args.seed, "out": args.out, "out_dir": args.out, "json_path": args.json,
-        "json": args.json, "data_dir": args.data_dir, "alpha": args.alpha, "progress": args.progress,
-        "logits": args.logits, "n_cal": args.n_cal, "deltas": args.deltas, "score": args.score,
-        "command": command, "dataset": args.dataset, "args": args,
-    }
-    params = inspect.signature(fn).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {
-        k: v for k, v in candidates.items()
-        if (accepts_any or k in params) and not (v is None and k in params and params[k].default is not inspect._empty)
-    }
-    if not accepts_any:
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(**kwargs)
+        if experiment == "class-conditional":
+            n_avg = [int(v) for v in _parse_floats(args.n_avg or "10,20,30,40,50,75", "n_avg")]
+            delta = _parse_floats(args.deltas or "250", "deltas")[0]
+            result = ecc.run_class_conditional(
+                probs, labels, args.score, n_avg, args.mc, args.seed, alpha, delta=delta, progress=progress
+            )
+            title = f"Class-conditional CP on {path.name} ({args.mc} draws per n_avg)"
+            text = ecc.write_class_conditional_table(result, out / f"{stem}.md", title=title)
+            ecc.plot_class_conditional(result, out / f"{stem}.png", title=title)
+        else:
+            delta = _parse_floats(args.deltas or "2500", "deltas")[0]
+            result = ecc.run_set_valued(probs, labels, args.mc, args.seed, delta=delta, progress=progress)
+            title = f"Set-valued classification on {path.name} ({args.mc} draws)"
+            text = ecc.write_set_valued_table(result, out / f"{stem}.md", title=title)
+            ecc.plot_set_valued(result, out / f"{stem}.png", title=title)
+    finally:
+        if close is not None:
+            close()
+    (out / f"{stem}.md").write_text(f"Command: `{command}`\n\n" + text)
+    payload = {"experiment": experiment, "alpha": alpha, "mc": args.mc, "seed": args.seed, "command": command,
+               "data": str(path), **dict(result)}
+    _write_json(payload, Path(args.json) if args.json else out / f"{stem}.json")
+    print(text)
+    return payload
 
 
 # -------------------------------------------------------------------------------------------------------- CLI
@@ -593,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", default=None, help="alpha-sweep: comma-separated α values")
     p.add_argument("--deltas", default=None, help="comma-separated δ values")
     p.add_argument("--methods", default=None, help="comma-separated method names (make_calibrators)")
+    p.add_argument("--fedcp-delta", type=float, default=250.0,
+                   help="δ of FedCP's digests (default 250; make_calibrators alone would use the first of --deltas)")
     p.add_argument("--no-conservative", action="store_true",
                    help="leave out the GC-FCP runs at level 1 - α + π/δ (on by default where the paper compares δ)")
     p.add_argument("--dataset", default=None, choices=["cifar10", "pathmnist", "both"],
@@ -603,11 +665,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-cal", type=int, default=None, help="scores: calibration points per split (default half)")
     p.add_argument("--score", default="softmax", help="scores: softmax | lac | aps | raps")
     p.add_argument("--name", default=None, help="scores: output file stem")
+    p.add_argument("--n-avg", default=None, help="class-conditional: average calibration points per class, e.g. 10,20,50")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
-DEFAULT_MC = {"regression-fig3": 100, "cifar10-table5": 100, "alpha-sweep": 20, "delta-ablation": 20}
+DEFAULT_MC = {
+    "regression-fig3": 100,
+    "cifar10-table5": 100,
+    "alpha-sweep": 20,
+    "delta-ablation": 20,
+    "class-conditional": 10,
+    "set-valued": 10,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -193,7 +193,10 @@ def test_scores_experiment_on_own_outputs(tmp_path, key):
     _check_methods_block(payload, 2)
     names = set(payload["methods"])
     assert {"split_cp", "fedcp", "condcp", "centralized_gcfcp", "gcfcp_delta25", "gcfcp_delta250",
-            "gcfcp_delta25_conservative", "gcfcp_delta250_conservative"} <= names
+            "gcfcp_delta250_conservative"} <= names
+    # π/25 > α = 0.1: the corrected level would exceed 1, so there is no conservative run at δ = 25 (and the table says so)
+    assert "gcfcp_delta25_conservative" not in names
+    assert "no row for δ ∈ {25}" in (out / "scores_outs.md").read_text()
     assert (out / "scores_outs.md").is_file() and (out / "scores_outs_group_coverage.png").is_file()
 
 
@@ -230,8 +233,8 @@ def test_cifar10_table2_tiny(tmp_path):
     assert rc == 0
     payload = _load_json(tmp_path / "cifar10_table2.json")
     _check_methods_block(payload, 4)
-    expected = {"split_cp", "fedcp", "condcp", "centralized_gcfcp"} | {
-        f"gcfcp_delta{d}{s}" for d in (25, 250, 2500) for s in ("", "_conservative")
+    expected = {"split_cp", "fedcp", "condcp", "centralized_gcfcp", "gcfcp_delta25"} | {
+        f"gcfcp_delta{d}{s}" for d in (250, 2500) for s in ("", "_conservative")
     }
     assert expected <= set(payload["methods"])
     # Split CP's single threshold under-covers group 2 (predicted labels 2-5) on the real ResNet-56 outputs.
@@ -273,12 +276,12 @@ def test_alpha_sweep_tiny(tmp_path):
 def test_delta_ablation_tiny(tmp_path):
     _core_or_skip()
     _shared_or_skip(CIFAR10_LOGITS)
-    rc = main(["delta-ablation", "--deltas", "25,2500", "--mc", "1", "--out", str(tmp_path), "--no-progress"])
+    rc = main(["delta-ablation", "--deltas", "50,2500", "--mc", "1", "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     payload = _load_json(tmp_path / "delta_ablation_cifar10.json")
     m = payload["methods"]
-    assert {"gcfcp_delta25", "gcfcp_delta25_conservative", "gcfcp_delta2500"} <= set(m)
-    assert m["gcfcp_delta25"]["bytes_per_client"] < m["gcfcp_delta2500"]["bytes_per_client"]
+    assert {"gcfcp_delta50", "gcfcp_delta50_conservative", "gcfcp_delta2500", "gcfcp_delta2500_conservative"} <= set(m)
+    assert m["gcfcp_delta50"]["bytes_per_client"] < m["gcfcp_delta2500"]["bytes_per_client"]
     assert (tmp_path / "delta_ablation_cifar10.png").is_file()
 
 
@@ -290,7 +293,8 @@ def test_dispatch_to_classcond_experiments(tmp_path, experiment):
     if fn is None:
         pytest.skip(f"experiments_classcond has no function for {experiment}")
     _shared_or_skip(CIFAR10_LOGITS)
-    rc = main([experiment, "--mc", "1", "--out", str(tmp_path), "--no-progress"])
+    extra = ["--n-avg", "10"] if experiment == "class-conditional" else []
+    rc = main([experiment, "--mc", "1", "--out", str(tmp_path), "--no-progress", *extra])
     assert rc == 0
 
 
