@@ -102,6 +102,53 @@ def _error_reason(msg: Message) -> str:
     return f"error code {code} ({ERROR_CODE_NAMES.get(code, 'error')}): {msg.error.reason}"
 
 
+class PollingGrid(Grid):
+    """Delegating ``Grid`` whose ``send_and_receive`` polls every ``interval`` seconds.
+
+    Flower 1.41's ``HttpGrid`` (used by ``flwr run`` and the deployment engine) sleeps 3 s between pulls, so every
+    round costs at least 3 s even when the nodes answer in milliseconds. Everything else is delegated.
+    """
+
+    def __init__(self, grid: Grid, interval: float = 0.1) -> None:
+        self._grid = grid
+        self.interval = float(interval)
+
+    def set_run(self, run) -> None:  # type: ignore[override]
+        self._grid.set_run(run)
+
+    @property
+    def run(self):
+        return self._grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self):
+        return self._grid.get_node_ids()
+
+    def get_nodes(self):
+        return self._grid.get_nodes()
+
+    def push_messages(self, messages):
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        msg_ids = {mid for mid in self._grid.push_messages(list(messages)) if mid}
+        end = None if timeout is None else time.monotonic() + timeout
+        out: list[Message] = []
+        while msg_ids:
+            got = list(self._grid.pull_messages(list(msg_ids)))
+            out.extend(got)
+            msg_ids.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not msg_ids or (end is not None and time.monotonic() >= end):
+                break
+            time.sleep(self.interval if end is None else max(0.0, min(self.interval, end - time.monotonic())))
+        return out
+
+
 class ConformalStrategy(Strategy):
     """Run training rounds with a wrapped strategy, then conformal calibration and evaluation rounds.
 
@@ -128,6 +175,8 @@ class ConformalStrategy(Strategy):
         Fewer usable replies than this raises :class:`CalibrationError`.
     client_config : mapping, optional
         Extra ConfigRecord entries sent to every node in every round (the app sends its data/score knobs here).
+    poll_interval : float, optional
+        Reply polling interval used instead of ``HttpGrid``'s fixed 3 s (``None`` keeps Flower's grid as is).
     results_dir : str or Path, optional
         When set, ``start`` writes results.json, results.md, coverage.png and one predictor JSON per method.
     """
@@ -149,6 +198,7 @@ class ConformalStrategy(Strategy):
         results_dir: str | Path | None = None,
         plot: bool = True,
         run_config: Mapping[str, Any] | None = None,
+        poll_interval: float | None = 0.1,
     ) -> None:
         from flwr_gcfcp.validation import check_alpha, check_delta
 
@@ -180,6 +230,7 @@ class ConformalStrategy(Strategy):
         self.results_dir = None if results_dir in (None, "") else Path(results_dir)
         self.plot = bool(plot)
         self.run_config = dict(run_config or {})
+        self.poll_interval = poll_interval
         if train_strategy is None:
             train_strategy = FedAvg(
                 fraction_train=1.0,
@@ -314,6 +365,8 @@ class ConformalStrategy(Strategy):
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         result = ConformalResult(arrays=initial_arrays)
+        if self.poll_interval and type(grid).__name__ == "HttpGrid":
+            grid = PollingGrid(grid, self.poll_interval)
         if num_rounds > 0:
             needed = max(
                 int(getattr(self.train_strategy, "min_available_nodes", 1)),
