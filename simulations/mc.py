@@ -178,50 +178,18 @@ def run_monte_carlo(
         client_idx = {k: np.flatnonzero(draw.cal_client == k) for k in present}
 
         for name, cal in cals.items():
-            single = {name: cal}
-            t0 = time.perf_counter()
-            payloads = {}
-            nbytes = []
-            for k in present:
-                idx = client_idx[k]
-                p = calibrators_mod.client_payload(
-                    single, draw.cal_scores[idx], _take(draw.cal_features, idx), float(pi_vec[k]), K
-                )
-                payloads[client_ids[k]] = p
-                nbytes.append(payload_nbytes(p))
-            t_client = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            report = calibrators_mod.fit_all(single, payloads, pi=pi_map)
-            t_fit = time.perf_counter() - t0
-            if getattr(report, "excluded", None):
-                excluded.setdefault(name, []).append(dict(report.excluded))
-            if getattr(report, "failed_methods", None):
-                raise RuntimeError(f"fit_all failed for {name}: {report.failed_methods}")
-            fitted = report.calibrators[name] if hasattr(report, "calibrators") else cal
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                thr = np.asarray(fitted.thresholds_for(draw.test_features), dtype=float)
-            mask = draw.test_score_matrix <= thr[:, None]
-            t_pred = time.perf_counter() - t0
-            counts = {
-                cid: metrics_mod.evaluation_counts(mask[idx], draw.test_labels[idx], membership[idx])
-                for cid, idx in eval_parts.items()
-            }
-            agg = metrics_mod.aggregate_counts(counts, eval_pi)
-            rec = runs.setdefault(name, {})
-            rec.setdefault("marginal_coverage", []).append(float(agg["marginal_coverage"]))
-            rec.setdefault("marginal_set_size", []).append(float(agg["marginal_set_size"]))
-            rec.setdefault("group_coverage", []).append(np.asarray(agg["group_coverage"], dtype=float))
-            rec.setdefault("group_set_size", []).append(np.asarray(agg["group_set_size"], dtype=float))
-            rec.setdefault("bytes_per_client", []).append(float(np.mean(nbytes)) if nbytes else 0.0)
-            rec.setdefault("client_time_s", []).append(t_client / max(len(present), 1))
-            rec.setdefault("fit_time_s", []).append(t_fit)
-            rec.setdefault("predict_time_s", []).append(t_pred)
-            rec.setdefault("finite_threshold_fraction", []).append(float(np.mean(np.isfinite(thr))))
-            rec.setdefault("group_mean_threshold", []).append(_group_means(thr, membership))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                rec = _run_method(calibrators_mod, metrics_mod, name, cal, draw, present, client_idx, client_ids,
+                                  pi_vec, pi_map, K, membership, eval_parts, eval_pi, runs, excluded)
+            counts_w = rec.setdefault("warnings", {})
+            for w in caught:
+                key = w.category.__name__
+                counts_w[key] = counts_w.get(key, 0) + 1
             if r == mc - 1 and keep_last:
-                last_cals[name] = fitted
+                last_cals[name] = rec.pop("_fitted")
+            else:
+                rec.pop("_fitted", None)
         for name, fn in (extra_methods or {}).items():
             if name not in method_names:
                 method_names.append(name)
@@ -296,6 +264,53 @@ def _group_means(values: np.ndarray, membership: np.ndarray) -> np.ndarray:
         return sums / np.where(counts > 0, counts, 1)
 
 
+def _run_method(calibrators_mod, metrics_mod, name, cal, draw, present, client_idx, client_ids, pi_vec, pi_map, K,
+                membership, eval_parts, eval_pi, runs, excluded) -> dict:
+    """Client payloads, server fit, prediction and evaluation counts of one method on one draw."""
+    single = {name: cal}
+    t0 = time.perf_counter()
+    payloads = {}
+    nbytes = []
+    for k in present:
+        idx = client_idx[k]
+        p = calibrators_mod.client_payload(
+            single, draw.cal_scores[idx], _take(draw.cal_features, idx), float(pi_vec[k]), K
+        )
+        payloads[client_ids[k]] = p
+        nbytes.append(payload_nbytes(p))
+    t_client = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = calibrators_mod.fit_all(single, payloads, pi=pi_map)
+    t_fit = time.perf_counter() - t0
+    if getattr(report, "excluded", None):
+        excluded.setdefault(name, []).append(dict(report.excluded))
+    if getattr(report, "failed_methods", None):
+        raise RuntimeError(f"fit_all failed for {name}: {report.failed_methods}")
+    fitted = report.calibrators[name] if hasattr(report, "calibrators") else cal
+    t0 = time.perf_counter()
+    thr = np.asarray(fitted.thresholds_for(draw.test_features), dtype=float)
+    mask = draw.test_score_matrix <= thr[:, None]
+    t_pred = time.perf_counter() - t0
+    counts = {
+        cid: metrics_mod.evaluation_counts(mask[idx], draw.test_labels[idx], membership[idx])
+        for cid, idx in eval_parts.items()
+    }
+    agg = metrics_mod.aggregate_counts(counts, eval_pi)
+    rec = runs.setdefault(name, {})
+    rec.setdefault("marginal_coverage", []).append(float(agg["marginal_coverage"]))
+    rec.setdefault("marginal_set_size", []).append(float(agg["marginal_set_size"]))
+    rec.setdefault("group_coverage", []).append(np.asarray(agg["group_coverage"], dtype=float))
+    rec.setdefault("group_set_size", []).append(np.asarray(agg["group_set_size"], dtype=float))
+    rec.setdefault("bytes_per_client", []).append(float(np.mean(nbytes)) if nbytes else 0.0)
+    rec.setdefault("client_time_s", []).append(t_client / max(len(present), 1))
+    rec.setdefault("fit_time_s", []).append(t_fit)
+    rec.setdefault("predict_time_s", []).append(t_pred)
+    rec.setdefault("finite_threshold_fraction", []).append(float(np.mean(np.isfinite(thr))))
+    rec.setdefault("group_mean_threshold", []).append(_group_means(thr, membership))
+    rec["_fitted"] = fitted
+    return rec
+
+
 def _make(calibrators_mod, methods, groups, alpha, deltas, conservative, fedcp_delta):
     methods = list(methods)
     if fedcp_delta is None or "fedcp" not in methods:
@@ -349,6 +364,7 @@ def summarize_runs(result: MCResult) -> dict:
             "fit_time_s": float(np.mean(rec["fit_time_s"])),
             "predict_time_s": float(np.mean(rec["predict_time_s"])),
             "finite_threshold_fraction": float(np.mean(rec["finite_threshold_fraction"])),
+            "warnings": dict(rec.get("warnings", {})),
         }
     return out
 

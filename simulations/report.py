@@ -72,7 +72,8 @@ def _mark(cov: float, se: float, alpha: float) -> str:
     target = 1.0 - alpha
     if cov is None or math.isnan(cov) or cov >= target - 1e-12:
         return ""
-    return " ↓*" if cov + 1.96 * (se or 0.0) < target else " ↓"
+    # se <= 0: no Monte Carlo error estimate (a single run): mark, without claiming significance
+    return " ↓*" if (se or 0.0) > 0 and cov + 1.96 * se < target else " ↓"
 
 
 def coverage_cell(cov: float, se: float, alpha: float, size: float | None = None, size_digits: int = 2) -> str:
@@ -196,7 +197,7 @@ def plot_group_coverage(
     methods = list(summary)
     d = len(group_names)
     width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * d + 2), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * d + 2) + 3.0, 4.0))
     x = np.arange(d)
     for i, name in enumerate(methods):
         cov = np.asarray(summary[name]["group_coverage"], dtype=float)
@@ -217,7 +218,7 @@ def plot_group_coverage(
         lo = float(np.nanmin([np.asarray(summary[m]["group_coverage"]) for m in methods]))
         ax.set_ylim(max(0.0, min(lo, 1 - alpha) - 0.05), 1.0)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2, loc="lower right" if not miscoverage else "upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
