@@ -129,6 +129,36 @@ def stop_processes(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
             pass
 
 
+def pids_with_arg(fragment: str) -> list[int]:
+    """PIDs whose command line contains ``fragment`` (Linux /proc), e.g. a private FLWR_HOME path."""
+    out = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if fragment in cmd:
+            out.append(int(entry))
+    return out
+
+
+def stop_pid_trees(pids: list[int], grace: float = 5.0) -> list[int]:
+    """SIGTERM, then SIGKILL, the given PIDs and all their descendants; return the PIDs signalled."""
+    tree = list(dict.fromkeys(list(pids) + descendants(list(pids))))
+    for pid in tree:
+        _signal(pid, signal.SIGTERM, group=False)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.1)
+    for pid in tree:
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL, group=False)
+    return tree
+
+
 def default_client_classes(n: int, n_classes: int = 10) -> str:
     """Split the labels 0..n_classes-1 into n contiguous, disjoint label sets."""
     if not 1 <= n <= n_classes:

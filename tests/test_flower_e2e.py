@@ -1,0 +1,152 @@
+"""End-to-end runs through Flower's engines: Ray simulation, `flwr run .`, and the loopback deployment engine.
+
+Also checks that the thresholds of a Flower run equal those the core computes in-process on the same split, seed
+and final model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flwr_gcfcp import deploy, task
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _exe(name: str) -> str:
+    cand = Path(sys.executable).parent / name
+    return str(cand) if cand.exists() else (shutil.which(name) or name)
+
+
+def core_thresholds(cfg: task.AppConfig, state: dict, num_partitions: int) -> dict[str, dict[str, object]]:
+    """Calibrate in-process with the core on the same partitions, seed and model weights as the Flower run."""
+    import torch
+
+    from flwr_gcfcp.calibrators import client_payload, fit_all
+
+    task.configure_torch()  # the ClientApps score with one thread, as here
+    model = task.make_model(10)
+    model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state.items()})
+    payloads, pi = {}, {}
+    for p in range(num_partitions):
+        data = task.load_client_data(cfg, p, num_partitions)
+        probs = task.predict_proba(model, data.x_cal)
+        scores = task.score_fn(cfg).calibration_scores(probs, data.y_cal, rng=task.score_rng(cfg, p, "cal"))
+        cals = task.make_calibrators(cfg, data.n_classes)
+        payloads[str(p)] = client_payload(cals, scores, probs, pi_k=1.0 / num_partitions, n_clients=num_partitions)
+        pi[str(p)] = 1.0 / num_partitions
+    report = fit_all(task.make_calibrators(cfg, 10), payloads, pi=pi)
+    assert not report.excluded
+    return {name: cal.predictor()["thresholds"] for name, cal in report.calibrators.items()}
+
+
+def check_results(out: Path, cfg: task.AppConfig, num_partitions: int, n_excluded: int = 0) -> dict:
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["methods"]) == {"split_cp", "fedcp", "gcfcp_delta250"}
+    for m in data["methods"].values():
+        assert 0.5 < m["marginal_coverage"] <= 1.0
+        assert len(m["group_coverage"]) == 4 and len(m["group_set_size"]) == 4
+    assert len(data["excluded_clients"]) == n_excluded
+    assert data["private"] == {"split_cp": False, "fedcp": True, "gcfcp_delta250": True}
+    assert (out / "coverage.png").is_file() and (out / "results.md").is_file()
+    # thresholds of the Flower run == the core's, in-process, on the same data and final model
+    state = dict(np.load(out / "model.npz"))
+    expected = core_thresholds(cfg, state, num_partitions)
+    for name, thr in expected.items():
+        saved = json.loads((out / f"predictor_{name}.json").read_text())["thresholds"]
+        assert saved == thr, name
+    return data
+
+
+def test_inprocess_thresholds_equal_core(tmp_path):
+    """Fast version of the equality check (in-process grid, one FedAvg round)."""
+    from flwr_gcfcp import server_app
+    from flwr_gcfcp.client_app import app as client_app
+    from strategies.inprocess import InProcessGrid
+
+    cfg = task.AppConfig.from_mapping({"results-dir": str(tmp_path / "res"), "num-server-rounds": 1})
+    server_app.run(InProcessGrid(client_app, 5), cfg)
+    check_results(tmp_path / "res", cfg, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_ray_simulation_default(tmp_path):
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from flwr_gcfcp import server_app
+    from flwr_gcfcp.client_app import app as client_app
+
+    # run_simulation gives both apps an empty run_config: the ServerApp gets its config from a closure and
+    # forwards every client knob in the messages.
+    cfg = task.AppConfig.from_mapping({"results-dir": str(tmp_path / "res"), "num-server-rounds": 3})
+    sapp = ServerApp()
+
+    @sapp.main()
+    def _main(grid, context):
+        server_app.run(grid, cfg)
+
+    run_simulation(
+        server_app=sapp,
+        client_app=client_app,
+        num_supernodes=5,
+        backend_config={"client_resources": {"num_cpus": 2, "num_gpus": 0.0}},
+    )
+    check_results(tmp_path / "res", cfg, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_flwr_run_end_to_end(tmp_path, flwr_env):
+    """`flwr run .` (local simulation SuperLink on private ports, neutral cwd, private FLWR_HOME)."""
+    out = tmp_path / "results"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    cmd = [
+        _exe("flwr"), "run", str(REPO),
+        "--federation-config", "num-supernodes=5 client-resources-num-cpus=2",
+        "--run-config", f"results-dir='{out}' num-server-rounds=5",
+        "--stream",
+    ]
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=flwr_env, capture_output=True, text=True, timeout=300)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-3000:]
+        assert (out / "results.json").is_file(), log[-3000:]
+        assert "gcfcp_delta250" in log and "| method |" in log  # the table is in the run's log
+    finally:
+        # `flwr run` leaves its local SuperLink running: stop it (and its SuperExec) by PID
+        deploy.stop_pid_trees(deploy.pids_with_arg(flwr_env["FLWR_HOME"]))
+    assert not deploy.pids_with_arg(flwr_env["FLWR_HOME"])
+    cfg = task.AppConfig.from_mapping({"results-dir": str(out), "num-server-rounds": 5})
+    check_results(out, cfg, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(500)
+def test_deployment_engine_two_supernodes(tmp_path, free_port):
+    out = tmp_path / "results"
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "flwr_gcfcp.deploy", "--num-supernodes", "2", "--results-dir", str(out),
+        "--superlink-port", str(port), "--run-config", "num-server-rounds=1", "--timeout", "400",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=460)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "stopped 4 process group(s)" in log
+    # every process it started is gone (nothing still names the SuperLink's address)
+    alive = [p for p in deploy.pids_with_arg(f"127.0.0.1:{port}") if deploy._alive(p)]
+    assert not alive, alive
+    cfg = task.AppConfig.from_mapping(
+        {"results-dir": str(out), "num-server-rounds": 1, "client-classes": deploy.default_client_classes(2)}
+    )
+    check_results(out, cfg, 2)
