@@ -1,0 +1,82 @@
+"""Fast checks of ``python -m simulations.benchmark`` on a tiny synthetic configuration (no shared data needed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from simulations import benchmark
+
+HAVE_CONDCONF = importlib.util.find_spec("conditionalconformal") is not None
+
+
+def test_tiny_run_writes_required_keys_and_agrees(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = [
+        "--json", str(out), "--data-dir", str(tmp_path / "no-data"), "--n-cal", "600", "--n-test", "600",
+        "--appd-points", "3", "--condconf-points", "2", "--repeats", "2", "--digest-n", "5000", "--seed", "3",
+        "--condconf-mode", "auto" if HAVE_CONDCONF else "off",
+    ]
+    assert benchmark.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert set(benchmark.REQUIRED_KEYS) <= set(res)
+    assert res["synthetic"] is True and res["data_source"].startswith("synthetic")
+    assert res["n_cal"] == 600 and res["n_test"] == 600
+    assert res["calibrate_ms"] > 0 and res["predict_us_per_point"] > 0
+    assert res["appd_ms_per_point"] > 0 and res["speedup_vs_appd"] > 1
+    assert res["appd_timing_tolerance"] == 1e-3 and res["appd_agreement_tolerance"] == 1e-10
+    assert res["disagreements_vs_appd"] == 0, res["appd"]["disagreement_details_1e-10"]
+    assert res["appd"]["max_abs_threshold_diff_1e-10"] < 1e-8
+    # digests were built on 5000 values, not 1e6: the 1e6 keys are null, the measured ones are extras
+    assert res["digest_build_ms_1e6"] is None and res["fastdigest_build_ms_1e6"] is None
+    assert res["digest"]["digest_n"] == 5000 and res["digest"]["digest_build_ms"] > 0
+    if HAVE_CONDCONF:
+        assert res["condconf_mode"] in ("exact", "bisection")
+        assert res["disagreements_vs_condconf"] == 0
+        assert res["condconf_ms_per_point"] > 0 and res["speedup_vs_condconf"] > 0
+    else:
+        assert res["condconf_ms_per_point"] is None and res["disagreements_vs_condconf"] is None
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == res["summary"] and lines[-1].startswith("calibrate ")
+    assert "disagreements 0/" in lines[-1]
+
+
+def test_skipping_references_gives_nulls(tmp_path):
+    res = benchmark.run_benchmark(
+        data_dir=tmp_path, appd_points=0, condconf_mode="off", n_cal=300, n_test=300, repeats=1, digest_n=2000,
+        log=lambda _msg: None,
+    )
+    for key in ("appd_ms_per_point", "speedup_vs_appd", "disagreements_vs_appd", "condconf_ms_per_point",
+                "speedup_vs_condconf", "disagreements_vs_condconf"):
+        assert res[key] is None, key
+    assert res["condconf_mode"] is None
+    json.dumps(benchmark._jsonable(res))  # serialisable
+
+
+def test_synthetic_stand_in_shape_and_accuracy():
+    probs, labels = benchmark.synthetic_outputs(10000, 10, seed=0)
+    assert probs.shape == (10000, 10) and labels.shape == (10000,)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    acc = float(np.mean(probs.argmax(axis=1) == labels))
+    assert 0.8 < acc < 0.99
+    again, _ = benchmark.synthetic_outputs(10000, 10, seed=0)
+    assert np.array_equal(probs, again)
+
+
+@pytest.mark.skipif(not HAVE_CONDCONF, reason="conditionalconformal not installed (bench extra)")
+def test_condconf_worker_subprocess_matches_in_process():
+    rng = np.random.default_rng(0)
+    phi_cal = np.zeros((200, 2))
+    phi_cal[:120, 0] = 1
+    phi_cal[80:, 1] = 1
+    scores = rng.random(200)
+    phi_test = np.array([[1.0, 0.0], [1.0, 1.0]])
+    local = benchmark.condconf_run(phi_cal, scores, phi_test, 0.1, "bisection")
+    remote = benchmark._condconf_subprocess(sys.executable, phi_cal, scores, phi_test, 0.1, "bisection")
+    assert "error" not in remote, remote.get("error")
+    assert remote["mode"] == local["mode"] == "bisection"
+    np.testing.assert_allclose(remote["cutoffs"], local["cutoffs"])
