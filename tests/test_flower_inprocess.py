@@ -124,3 +124,26 @@ def test_user_strategy_and_model_plug_in(tmp_path):
     result = strategy.start(grid, task.initial_arrays(cfg), num_rounds=1, train_config=None)
     assert set(result.predictors) == {"gcfcp_delta250", "fedcp"}
     assert len(result.report["calibration_clients"]) == 5
+
+
+def test_all_methods_share_one_calibration_round_with_mixture_weights(tmp_path):
+    cfg = _cfg(
+        tmp_path,
+        **{
+            "num-server-rounds": 0,
+            "methods": "split_cp,fedcp,fedcp_qq,mondrian,condcp,centralized_gcfcp,gcfcp",
+            "deltas": "25,250",
+            "conservative": True,
+            "mixture-weights": "1,1,1,1,4",
+        },
+    )
+    grid = InProcessGrid(client_app, 5)
+    result = server_app.run(grid, cfg)
+    calib_msgs = [m for m in grid.sent if m.metadata.message_type == CAL]
+    assert len(calib_msgs) == 5  # one calibration message per node for every method
+    methods = result.report["methods"]
+    assert {"gcfcp_delta25", "gcfcp_delta250", "condcp", "fedcp_qq", "mondrian", "split_cp"} <= set(methods)
+    assert any(name.endswith("_conservative") for name in methods)
+    private = result.report["private"]
+    assert private["condcp"] is False and private["centralized_gcfcp"] is False and private["gcfcp_delta25"] is True
+    assert not result.report["excluded_clients"]
