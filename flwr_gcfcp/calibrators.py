@@ -70,6 +70,13 @@ def _pi_fractions(pi: Sequence[object] | None, n_clients: int) -> list[Fraction]
     return vals
 
 
+def _repeat_weights(weights: Sequence[int], counts: Sequence[int]) -> np.ndarray:
+    """Per-point exact integer weights: int64 when the total fits, Python ints otherwise."""
+    total = sum(int(w) * int(c) for w, c in zip(weights, counts))
+    dtype = np.int64 if total < 2**62 else object
+    return np.concatenate([np.full(int(c), int(w), dtype=dtype) for w, c in zip(weights, counts)])
+
+
 def _client_integer_weights(ns: Sequence[int], pi: Sequence[object] | None) -> tuple[list[int], int]:
     """Exact integer λ_k on a common scale, and the test weight Σ_k λ_k on that scale."""
     lams = client_lambdas(list(ns), _pi_fractions(pi, len(ns)))
@@ -237,7 +244,7 @@ class FedCP(Calibrator):
         lam_ints, test_w = _client_integer_weights(ns, pi)
         if self.delta is None:
             values = np.concatenate([s.scores for s in summaries])
-            weights = np.concatenate([np.full(s.n, w, dtype=object) for s, w in zip(summaries, lam_ints)])
+            weights = _repeat_weights(lam_ints, ns)
         else:
             digests = [
                 TDigest(means=s.means, weights=s.counts.astype(object) * w, delta=s.delta)
@@ -407,7 +414,7 @@ class CentralizedGCFCP(CondCP):
         lam_ints, test_w = _client_integer_weights([s.n for s in summaries], pi)
         values = np.concatenate([s.scores for s in summaries])
         keys = np.concatenate([s.atom_keys for s in summaries])
-        weights = np.concatenate([np.full(s.n, w, dtype=object) for s, w in zip(summaries, lam_ints)])
+        weights = _repeat_weights(lam_ints, [s.n for s in summaries])
         self._solve_on(values, weights, keys, test_w)
 
 
