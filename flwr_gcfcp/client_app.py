@@ -49,7 +49,7 @@ def _setup(msg: Message, context: Context) -> tuple[task.AppConfig, int, int, di
 def _model_and_data(msg: Message, cfg: task.AppConfig, pid: int, npart: int):
     task.configure_torch()
     data = task.load_client_data(cfg, pid, npart)
-    model = task.load_model(msg.content.array_records[MODEL_KEY], data.n_classes)
+    model = task.load_model(msg.content.array_records[MODEL_KEY], data.n_classes, cfg.dataset)
     return model, data
 
 

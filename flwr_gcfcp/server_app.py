@@ -19,9 +19,6 @@ from strategies.conformal import ConformalResult, ConformalStrategy
 
 app = ServerApp()
 
-N_CLASSES = {"digits": 10}
-
-
 def build_strategy(cfg: task.AppConfig) -> ConformalStrategy:
     """The app's strategy: FedAvg (every node trains; no federated evaluation) wrapped for calibration."""
     train = FedAvg(
@@ -38,7 +35,7 @@ def build_strategy(cfg: task.AppConfig) -> ConformalStrategy:
         alpha=cfg.alpha,
         deltas=cfg.delta_list(),
         conservative=cfg.conservative,
-        n_classes=N_CLASSES.get(cfg.dataset.lower(), 10),
+        n_classes=task.n_classes_of(cfg.dataset),
         mixture_weights=cfg.mixture_weights or None,
         calibration_timeout=cfg.calibration_timeout,
         min_calibration_clients=cfg.min_calibration_clients,
@@ -51,7 +48,7 @@ def build_strategy(cfg: task.AppConfig) -> ConformalStrategy:
 
 def run(grid: Grid, cfg: task.AppConfig) -> ConformalResult:
     strategy = build_strategy(cfg)
-    initial = task.initial_arrays(cfg, N_CLASSES.get(cfg.dataset.lower(), 10))
+    initial = task.initial_arrays(cfg)
     result = strategy.start(
         grid,
         initial,

@@ -129,6 +129,7 @@ class AppConfig:
                 "run config: calibration-fraction + test-fraction must be < 1 (the rest trains), got "
                 f"{self.calibration_fraction!r} + {self.test_fraction!r}"
             )
+        _dataset_key(self.dataset)
         self.delta_list()
         self.method_list()
         self.class_lists()
@@ -282,16 +283,16 @@ def _load_client_data_cached(
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id must be in [0, {num_partitions}), got {partition_id!r}")
     ds = _load_dataset(data_mod, dataset)
-    n_classes = int(ds.features[data_mod.LABEL_COLUMN].num_classes) if hasattr(
-        ds.features[data_mod.LABEL_COLUMN], "num_classes"
-    ) else 10
+    n_classes = DATASETS[_dataset_key(dataset)]["n_classes"]
     part = data_mod.partition_by_client_classes(ds, classes, seed=seed)[partition_id]
     # test split first, then calibration out of the rest (fractions are of the whole partition)
     rest, test = data_mod.split_train_calibration(part, test_fraction, seed=seed)
     train, cal = data_mod.split_train_calibration(rest, calibration_fraction / (1.0 - test_fraction), seed=seed + 1)
+    prep = DATASETS[_dataset_key(dataset)]["inputs"]
     x_tr, y_tr = data_mod.dataset_to_numpy(train)
     x_ca, y_ca = data_mod.dataset_to_numpy(cal)
     x_te, y_te = data_mod.dataset_to_numpy(test)
+    x_tr, x_ca, x_te = prep(x_tr), prep(x_ca), prep(x_te)
     return ClientData(x_tr, y_tr, x_ca, y_ca, x_te, y_te, n_classes)
 
 
@@ -312,12 +313,56 @@ def fold_classes(classes: list[list[int]], num_partitions: int) -> list[list[int
     return [sorted(c for j in range(i, len(classes), num_partitions) for c in classes[j]) for i in range(num_partitions)]
 
 
+def _identity(x):
+    return x
+
+
+def _cifar_inputs(x):
+    from flwr_gcfcp.models import cifar_transform
+
+    return cifar_transform(x) if len(x) else np.zeros((0, 3, 32, 32), dtype=np.float32)
+
+
+def _digits_dataset(data_mod):
+    return data_mod.load_digits_dataset()
+
+
+def _cifar10_test_dataset(data_mod):
+    images, labels = data_mod.load_cifar10_npz(data_mod.require_shared("cifar10/cifar10_test_jpeg_q75.npz", skip=False))
+    return data_mod.arrays_to_dataset(images, labels, n_classes=10)  # uint8 HWC; normalised per client
+
+
+# Data sets the Flower app can run on. "digits" is embedded (scikit-learn); "cifar10-test-resnet56" calibrates the
+# pretrained CIFAR ResNet-56 of the shared data folder (../shared/data or $FLWR_GCFCP_DATA) on the CIFAR-10 test
+# images (use num-server-rounds=0: the "existing model" path).
+DATASETS: dict[str, dict[str, Any]] = {
+    "digits": {"load": _digits_dataset, "n_classes": 10, "inputs": _identity, "model": "smallcnn"},
+    "cifar10-test-resnet56": {
+        "load": _cifar10_test_dataset,
+        "n_classes": 10,
+        "inputs": _cifar_inputs,
+        "model": "resnet56-pretrained",
+    },
+}
+
+
+def _dataset_key(dataset: str) -> str:
+    key = str(dataset).strip().lower()
+    if key not in DATASETS:
+        raise ValueError(
+            f"run config: dataset {dataset!r} is not supported by the Flower app (supported: {sorted(DATASETS)}); "
+            "the other data sets of simulations/ run through python -m simulations.reproduce"
+        )
+    return key
+
+
+def n_classes_of(dataset: str) -> int:
+    return int(DATASETS[_dataset_key(dataset)]["n_classes"])
+
+
 @lru_cache(maxsize=2)
 def _load_dataset(data_mod, dataset: str):
-    name = dataset.strip().lower()
-    if name == "digits":
-        return data_mod.load_digits_dataset()
-    raise ValueError(f"run config: dataset {dataset!r} is not supported by the Flower app (supported: 'digits')")
+    return DATASETS[_dataset_key(dataset)]["load"](data_mod)
 
 
 # ---------------------------------------------------------------------- model
@@ -334,33 +379,36 @@ def configure_torch() -> None:
         torch.set_num_threads(n)
 
 
-def make_model(n_classes: int = 10, seed: int = 0):
+def make_model(n_classes: int = 10, seed: int = 0, dataset: str = "digits"):
     import torch
 
     from flwr_gcfcp import models
 
     torch.manual_seed(seed)
-    return models.SmallCNN(n_classes=n_classes) if _accepts(models.SmallCNN, "n_classes") else models.SmallCNN()
+    kind = DATASETS[_dataset_key(dataset)]["model"]
+    if kind == "smallcnn":
+        return models.SmallCNN(n_classes=n_classes)
+    return models.cifar_resnet(56, n_classes=n_classes)
 
 
-def _accepts(fn, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def initial_arrays(cfg: AppConfig, n_classes: int = 10):
+def initial_arrays(cfg: AppConfig, n_classes: int | None = None):
+    """Initial global model: a seeded SmallCNN, or the shared pretrained ResNet-56 for cifar10-test-resnet56."""
     from flwr.app import ArrayRecord
 
-    return ArrayRecord(make_model(n_classes, cfg.seed).state_dict())
+    n_classes = n_classes_of(cfg.dataset) if n_classes is None else n_classes
+    if DATASETS[_dataset_key(cfg.dataset)]["model"] == "resnet56-pretrained":
+        from flwr_gcfcp import data as data_mod
+        from flwr_gcfcp.models import load_pretrained_cifar_resnet
+
+        path = data_mod.require_shared("weights/resnet56-4bfd9763.th", skip=False)
+        return ArrayRecord(load_pretrained_cifar_resnet(path, depth=56).state_dict())
+    return ArrayRecord(make_model(n_classes, cfg.seed, cfg.dataset).state_dict())
 
 
-def load_model(arrays, n_classes: int = 10):
-    model = make_model(n_classes)
+def load_model(arrays, n_classes: int = 10, dataset: str = "digits"):
+    model = make_model(n_classes, dataset=dataset)
     model.load_state_dict(arrays.to_torch_state_dict())
+    model.eval()
     return model
 
 

@@ -20,6 +20,16 @@ from flwr_gcfcp import deploy, task
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The ClientApp pins torch to one thread (process-wide); give other test modules their setting back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def _exe(name: str) -> str:
     cand = Path(sys.executable).parent / name
     return str(cand) if cand.exists() else (shutil.which(name) or name)

@@ -17,6 +17,16 @@ from strategies.inprocess import InProcessGrid
 CAL = "query.gcfcp_calibrate"
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The ClientApp pins torch to one thread (process-wide); give other test modules their setting back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def _cfg(tmp_path, **overrides):
     base = {"results-dir": str(tmp_path / "results"), "num-server-rounds": 1, "calibration-timeout": 5.0}
     base.update(overrides)
