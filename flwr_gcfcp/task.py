@@ -320,7 +320,14 @@ def _identity(x):
 def _cifar_inputs(x):
     from flwr_gcfcp.models import cifar_transform
 
-    return cifar_transform(x) if len(x) else np.zeros((0, 3, 32, 32), dtype=np.float32)
+    if not len(x):
+        return np.zeros((0, 3, 32, 32), dtype=np.float32)
+    x = np.asarray(x)
+    if x.dtype != np.uint8:  # datasets' numpy formatter may widen the stored uint8 pixels
+        if x.min() < 0 or x.max() > 255:
+            raise ValueError(f"CIFAR pixels must lie in 0..255, got range [{x.min()}, {x.max()}]")
+        x = x.astype(np.uint8)
+    return cifar_transform(x)
 
 
 def _digits_dataset(data_mod):
