@@ -9,15 +9,18 @@ where θ_b = Φ_bᵀβ is the fitted value at atom b, P stacks the atom patterns
 f_b(θ) = Σ_{i in b} w_i ℓ_α(S_i - θ) is the pinball loss of atom b. A label y is in the set of a test point in
 atom a iff ``s(x, y) <= S*(a)``.
 
-Writing the constraint θ ∈ range(P) as Nᵀθ = 0 (N spans the left null space of P), the KKT conditions say that
-θ_b is a weighted quantile of atom b's scores at level ``(1 - α)(W_b + w_test·1{b = a}) - (Nτ)_b``. When the left
-null space has dimension r <= 1 (disjoint groups, chains of overlapping intervals, the paper's CIFAR-10 and
-PathMNIST groups, any family plus the whole space in those cases) the multiplier τ is found by a monotone search
-over the finitely many breakpoints, and every comparison is made in exact integer / rational arithmetic: float
-weights are converted to integers on a common power-of-two scale, α is read as an exact decimal. No tolerance is
-involved, so the result is the exact solution for the given inputs (rounded down to the nearest float when it is a
-combination of several scores). For r >= 2 an LP (HiGHS) fallback is used and reported as such
-(``AtomSolver.inexact_atoms``).
+Writing the constraint θ ∈ range(P) as Nᵀθ = 0 (N spans the left null space of P, rank r), the KKT conditions say
+that θ_b is a weighted quantile of atom b's scores at level ``(1 - α)(W_b + w_test·1{b = a}) - (Nτ)_b``. Row b of N
+is ``s_b·d_D`` for a primitive integer direction d_D; atoms sharing a direction form a class whose levels move with
+the single scalar ``z_D = d_D·τ``, and ``Σ_{b∈D} s_b θ_b`` is monotone in z_D. With k classes the z's obey k - r
+linear relations. For k = r (disjoint groups, chains of overlapping intervals, the paper's CIFAR-10 groups) every
+class is solved by its own monotone search over its finitely many breakpoints; for k = r + 1 (the paper's PathMNIST
+groups: r = 2, three directions) one more monotone search on the relation's multiplier couples the classes. Every
+comparison is made in exact integer / rational arithmetic (float weights are converted to integers on a common
+power-of-two scale, α is read as an exact decimal, float sums are only trusted away from zero), so the result is
+the exact solution for the given inputs, rounded down to the nearest float when it is a combination of several
+scores. Families with more relations fall back to an LP (HiGHS), reported in ``AtomSolver.inexact_atoms`` and by
+an ``LPFallbackWarning``.
 """
 
 from __future__ import annotations
@@ -271,11 +274,12 @@ class AtomSolver:
             self._null_cache[cache_key] = left_null_space(np.array(pats))
         basis = self._null_cache[cache_key]
         a_pos = keys.index(a_key)
-        if len(basis) >= 2:
-            return self._solve_lp(pat, keys, pats)
-        if not basis or basis[0][a_pos] == 0:
+        if not basis or all(vec[a_pos] == 0 for vec in basis):
             return self._decoupled(a_key)
-        return self._coupled(a_key, keys, basis[0])
+        result = self._by_directions(a_key, keys, basis)
+        if result is None:  # more than one relation between the direction classes
+            return self._solve_lp(pat, keys, pats)
+        return result
 
     def _level(self, total: int, is_test: bool) -> int:
         """q·(1 - α)(W + w_test·1{test}) as an integer."""
@@ -290,87 +294,80 @@ class AtomSolver:
         j = int(np.searchsorted(_mul(atom.cum, self._q), level, side="left"))
         return math.inf if j >= atom.values.size else float(atom.values[j])
 
-    def _coupled(self, a_key: bytes, keys: list[bytes], n: list[int]) -> float:
-        """One-dimensional multiplier search (left null space spanned by the integer vector n, n_a != 0)."""
-        support = [(k, nb) for k, nb in zip(keys, n) if nb != 0]
-        mult = math.lcm(*(abs(nb) for _, nb in support))
+    def _by_directions(self, a_key: bytes, keys: list[bytes], basis: list[list[int]]) -> float | None:
+        """Exact KKT solution when the atoms' null-space rows span directions with at most one relation.
+
+        Row b of the null-space basis N is n_b = s_b·d_D for a primitive direction d_D; atoms sharing a direction form
+        a class whose KKT levels move with one scalar z_D = d_D·τ. With k classes and rank r, the z's obey k - r
+        relations. k = r: each class solves its own monotone problem Σ_{b∈D} s_b θ_b = 0. k = r + 1: the single
+        relation m gives Σ_{b∈D} s_b θ_b = μ·m_D, and a monotone search on μ couples the classes. Returns None for
+        more relations (LP fallback).
+        """
+        r = len(basis)
+        classes: dict[tuple[int, ...], list[tuple[bytes, int]]] = {}
+        for pos, key in enumerate(keys):
+            row = [vec[pos] for vec in basis]
+            if not any(row):
+                continue
+            g = math.gcd(*row)
+            direction = tuple(x // g for x in row)
+            if next(x for x in direction if x) < 0:
+                direction, g = tuple(-x for x in direction), -g
+            classes.setdefault(direction, []).append((key, g))
+        directions = list(classes)
+        relations = left_null_space(np.array(directions, dtype=np.int64)) if len(directions) > r else []
+        if len(relations) > 1:
+            return None
+        mult = math.lcm(*(abs(s) for members in classes.values() for _, s in members))
         scale = mult * self._q
-        # For atom b the KKT level in integer units is A_b - n_b·t; t is the scaled multiplier. Every breakpoint
-        # (A_b - scaled cumulative weight)/n_b is an exact integer because mult is a multiple of n_b.
-        terms = []
-        t_lo, t_hi = -math.inf, math.inf
-        for k, nb in support:
-            atom = self._atoms.get(k)
-            total = atom.total if atom is not None else 0
-            a_b = mult * self._level(total, k == a_key)
-            cum = _mul(atom.cum, scale) if atom is not None else np.zeros(0, dtype=np.int64)
-            terms.append((k, nb, a_b, cum, atom))
-            ends = sorted([(a_b - total * scale) // nb, a_b // nb])
-            t_lo, t_hi = max(t_lo, ends[0]), min(t_hi, ends[1])
-        if t_lo > t_hi:
+        built = []
+        for direction, members in classes.items():
+            terms = []
+            for key, s in members:
+                atom = self._atoms.get(key)
+                total = atom.total if atom is not None else 0
+                a_b = mult * self._level(total, key == a_key)
+                cum = _mul(atom.cum, scale) if atom is not None else np.zeros(0, dtype=np.int64)
+                terms.append(_Term(key, s, a_b, cum, atom))
+            built.append(_DirectionClass(terms))
+        if any(c.empty for c in built):
             return math.inf  # dual infeasible: the fit at atom a follows the imputed score to +inf
-        ends = [t_lo, t_hi] + [a_b // nb for _, nb, a_b, cum, _ in terms if cum.size]
-        small = all(abs(int(x)) < _INT64_SAFE for x in ends) and all(
-            cum.dtype != object and abs(a_b) < _INT64_SAFE for _, _, a_b, cum, _ in terms
-        )
-        kind = np.int64 if small else object  # int64 sorts ~20x faster than Python ints
-        pieces = [np.array(ends, dtype=kind)]
-        pieces += [((a_b - cum) // nb).astype(kind) for _, nb, a_b, cum, _ in terms if cum.size]
-        grid = np.sort(np.concatenate(pieces))  # duplicates are harmless for the bisection
-        grid = grid[(grid >= t_lo) & (grid <= t_hi)]
-
-        def intervals(t: int) -> list[_Interval]:
-            return [_quantile_interval(atom, cum, a_b - nb * t) for _, nb, a_b, cum, atom in terms]
-
-        def total_range(ivs: list[_Interval], skip: int | None = None) -> tuple[Fraction | None, Fraction | None]:
-            scaled = [iv.scaled(nb) for i, (iv, (_, nb, *_)) in enumerate(zip(ivs, terms)) if i != skip]
-            return _sum_ends([s.lo for s in scaled]), _sum_ends([s.hi for s in scaled])
-
-        def sign_range(ivs: list[_Interval]) -> tuple[int | None, int | None]:
-            """Signs of min and max of Σ n_b θ_b (None = infinite); float first, exact only near 0."""
-            lo_terms, hi_terms = [], []
-            for iv, (_, nb, *_) in zip(ivs, terms):
-                a, b = iv.flo, iv.fhi
-                lo_terms.append(None if (a if nb > 0 else b) is None else nb * (a if nb > 0 else b))
-                hi_terms.append(None if (b if nb > 0 else a) is None else nb * (b if nb > 0 else a))
-            signs = []
-            for which, vals in ((0, lo_terms), (1, hi_terms)):
-                if any(v is None for v in vals):
-                    signs.append(None)
-                    continue
-                total = math.fsum(vals)
-                # each product nb·v carries at most half an ulp of error; fsum adds none of its own
-                if abs(total) > 4 * sum(abs(v) for v in vals) * 2.0**-52:
-                    signs.append(1 if total > 0 else -1)
-                else:
-                    exact = total_range(ivs)[which]
-                    signs.append((exact > 0) - (exact < 0))
-            return signs[0], signs[1]
-
-        lo_i, hi_i, found = 0, len(grid) - 1, None
-        while lo_i <= hi_i:  # Σ n_b θ_b(t) is non-increasing in t: bisect for the t where it can be 0
-            mid = (lo_i + hi_i) // 2
-            ivs = intervals(int(grid[mid]))
-            g_lo, g_hi = sign_range(ivs)
-            if g_hi is not None and g_hi < 0:
-                hi_i = mid - 1
-            elif g_lo is not None and g_lo > 0:
-                lo_i = mid + 1
-            else:
-                found = ivs
-                break
-        if found is None:  # cannot happen for a bounded problem; keep the full set rather than guess
-            warnings.warn("exact solver found no dual multiplier; returning +inf", RuntimeWarning, stacklevel=3)
-            return math.inf
-        a_pos = next(i for i, term in enumerate(terms) if term[0] == a_key)
-        n_a = terms[a_pos][1]
-        rest_lo, rest_hi = total_range(found, skip=a_pos)
-        # n_a·θ_a = -(Σ_{b != a} n_b θ_b): the smallest θ_a compatible with the other atoms' intervals
-        if n_a > 0:
-            from_rest = None if rest_hi is None else -rest_hi / n_a
+        if not relations:
+            zs = [c.solve(Fraction(0)) for c in built]
+            if any(z is None for z in zs):
+                return math.inf
+            mu_range = None
+            rel = [0] * len(built)
         else:
-            from_rest = None if rest_lo is None else -rest_lo / n_a
-        lows = [x for x in (from_rest, found[a_pos].lo) if x is not None]
+            rel = relations[0]
+            found = _solve_relation(built, rel)
+            if found is None:
+                return math.inf
+            zs, mu_range = found
+        # primal optimal set at the dual solution: θ_b ∈ I_b(z_D), Σ_{b∈D} s_b θ_b = μ·m_D, μ in mu_range
+        a_class = next(i for i, c in enumerate(built) if any(t.key == a_key for t in c.terms))
+        cls = built[a_class]
+        ivs = cls.intervals(zs[a_class])
+        a_idx = next(i for i, t in enumerate(cls.terms) if t.key == a_key)
+        s_a = cls.terms[a_idx].s
+        rest_lo = _sum_ends([iv.scaled(t.s).lo for i, (iv, t) in enumerate(zip(ivs, cls.terms)) if i != a_idx])
+        rest_hi = _sum_ends([iv.scaled(t.s).hi for i, (iv, t) in enumerate(zip(ivs, cls.terms)) if i != a_idx])
+        if mu_range is None:
+            y_lo = y_hi = Fraction(0)
+        else:
+            m_a = rel[a_class]
+            lo, hi = mu_range
+            if m_a == 0:
+                lo = hi = Fraction(0)
+            elif m_a < 0:
+                lo, hi = hi, lo
+            y_lo = None if lo is None else lo * m_a
+            y_hi = None if hi is None else hi * m_a
+        # s_a·θ_a = y - rest with y ∈ [y_lo, y_hi], rest ∈ [rest_lo, rest_hi]
+        num_lo = None if (y_lo is None or rest_hi is None) else y_lo - rest_hi
+        num_hi = None if (y_hi is None or rest_lo is None) else y_hi - rest_lo
+        bound = (None if num_lo is None else num_lo / s_a) if s_a > 0 else (None if num_hi is None else num_hi / s_a)
+        lows = [x for x in (bound, ivs[a_idx].lo) if x is not None]
         return _round_down(max(lows)) if lows else -math.inf
 
     def _solve_lp(self, pat: np.ndarray, keys: list[bytes], pats: list[np.ndarray]) -> float:
@@ -420,6 +417,244 @@ class AtomSolver:
         if res2.status != 0:
             return float(pat.astype(float) @ res.x[:d])
         return float(res2.fun)
+
+
+@dataclass
+class _Term:
+    key: bytes
+    s: int  # n_b = s·d_D
+    a_b: int  # scaled (1 - α)(W_b + w_test·1{b = a})
+    cum: np.ndarray  # scaled cumulative weights
+    atom: "_Atom | None"
+
+    def interval(self, z) -> "_Interval":
+        level = self.a_b - self.s * z
+        if isinstance(level, Fraction):
+            if level.denominator == 1:
+                level = level.numerator
+            else:  # strictly between two integer cumulative weights: a single score
+                if self.atom is None:
+                    return _Interval(None, None)
+                j = int(np.searchsorted(self.cum, math.ceil(level), side="left"))
+                v = float(self.atom.values[j])
+                return _Interval(v, v)
+        return _quantile_interval(self.atom, self.cum, level)
+
+
+class _DirectionClass:
+    """Atoms whose KKT levels move with one scalar z: level_b(z) = a_b - s_b·z (integer units).
+
+    Y(z) = Σ_b s_b·I_b(z) is non-increasing in z; every breakpoint is an integer.
+    """
+
+    def __init__(self, terms: list[_Term]) -> None:
+        self.terms = terms
+        lo, hi = -math.inf, math.inf
+        for t in terms:
+            top = int(t.cum[-1]) if t.cum.size else 0
+            ends = sorted([(t.a_b - top) // t.s, t.a_b // t.s])
+            lo, hi = max(lo, ends[0]), min(hi, ends[1])
+        self.zlo, self.zhi = lo, hi
+        self.empty = lo > hi
+        if self.empty:
+            self.grid = np.zeros(0, dtype=np.int64)
+            return
+        ends = [lo, hi] + [t.a_b // t.s for t in terms if t.cum.size]
+        small = all(abs(int(x)) < _INT64_SAFE for x in ends) and all(
+            t.cum.dtype != object and abs(t.a_b) < _INT64_SAFE for t in terms
+        )
+        kind = np.int64 if small else object  # int64 sorts ~20x faster than Python ints
+        pieces = [np.array(ends, dtype=kind)] + [((t.a_b - t.cum) // t.s).astype(kind) for t in terms if t.cum.size]
+        grid = np.sort(np.concatenate(pieces))  # duplicates are harmless for the bisections
+        self.grid = grid[(grid >= lo) & (grid <= hi)]
+
+    def intervals(self, z) -> list["_Interval"]:
+        return [t.interval(z) for t in self.terms]
+
+    def compare(self, z, y: Fraction) -> tuple[int, int]:
+        """Signs of (min Y(z) - y, max Y(z) - y); an infinite end counts as -1 / +1."""
+        ivs = self.intervals(z)
+        out = []
+        for want_low in (True, False):
+            vals = []
+            for iv, t in zip(ivs, self.terms):
+                end = (iv.flo if t.s > 0 else iv.fhi) if want_low else (iv.fhi if t.s > 0 else iv.flo)
+                if end is None:
+                    vals = None
+                    break
+                vals.append((t.s, end))
+            if vals is None:
+                out.append(-1 if want_low else 1)
+                continue
+            total = math.fsum(s * v for s, v in vals) - float(y)
+            err = 4 * (sum(abs(s * v) for s, v in vals) + abs(float(y))) * 2.0**-52 + abs(float(y) - y)
+            if abs(total) > err:
+                out.append(1 if total > 0 else -1)
+            else:
+                exact = sum((Fraction(v) * s for s, v in vals), Fraction(0)) - y
+                out.append((exact > 0) - (exact < 0))
+        return out[0], out[1]
+
+    def y_range(self, z) -> tuple[Fraction | None, Fraction | None]:
+        ivs = self.intervals(z)
+        scaled = [iv.scaled(t.s) for iv, t in zip(ivs, self.terms)]
+        return _sum_ends([s.lo for s in scaled]), _sum_ends([s.hi for s in scaled])
+
+    def z_range(self, y: Fraction) -> tuple[object, object]:
+        """[z1, z2] = {z : y ∈ Y(z)} on the grid's hull; z1 = +inf / z2 = -inf mark y out of range."""
+        grid = self.grid
+        # z1: first grid point with min Y <= y (holds from z1 on, Y being non-increasing)
+        lo_i, hi_i = 0, len(grid)
+        while lo_i < hi_i:
+            mid = (lo_i + hi_i) // 2
+            if self.compare(int(grid[mid]), y)[0] <= 0:
+                hi_i = mid
+            else:
+                lo_i = mid + 1
+        z1 = int(grid[lo_i]) if lo_i < len(grid) else math.inf
+        # z2: last grid point with max Y >= y
+        lo_i, hi_i = -1, len(grid) - 1
+        while lo_i < hi_i:
+            mid = (lo_i + hi_i + 1) // 2
+            if self.compare(int(grid[mid]), y)[1] >= 0:
+                lo_i = mid
+            else:
+                hi_i = mid - 1
+        z2 = int(grid[lo_i]) if lo_i >= 0 else -math.inf
+        return z1, z2
+
+    def solve(self, y: Fraction):
+        """A z with y ∈ Y(z), or None."""
+        z1, z2 = self.z_range(y)
+        if z1 == math.inf or z2 == -math.inf or z1 > z2:
+            return None
+        return z1
+
+    def candidates(self) -> np.ndarray:
+        """Float values of the ends of Y at every grid point (where the inverse z(y) can jump), vectorised."""
+        grid = self.grid
+        lo_sum = np.zeros(len(grid))
+        hi_sum = np.zeros(len(grid))
+        for t in self.terms:
+            if t.atom is None:  # I = R at the single admissible z: no finite end
+                return np.zeros(0)
+            values = t.atom.values
+            last = values.size - 1
+            level = t.a_b - t.s * grid
+            j = np.minimum(np.searchsorted(t.cum, level, side="left"), last)
+            hit = t.cum[j] == level
+            lo = values[j].astype(np.float64)
+            hi = np.where(hit & (j < last), values[np.minimum(j + 1, last)], lo)
+            lo = np.where(level == 0, -np.inf, lo)
+            hi = np.where(level == t.cum[-1], np.inf, hi)
+            if t.s > 0:
+                lo_sum += t.s * lo
+                hi_sum += t.s * hi
+            else:
+                lo_sum += t.s * hi
+                hi_sum += t.s * lo
+        return np.concatenate([lo_sum, hi_sum])
+
+
+def _solve_relation(classes: list[_DirectionClass], rel: list[int]):
+    """Monotone search for μ with 0 ∈ Σ_D m_D·Z_D(μ·m_D); returns (z per class, μ interval) or None."""
+
+    def total(mu: Fraction):
+        lo = hi = Fraction(0)
+        ranges = []
+        for cls, m in zip(classes, rel):
+            if m == 0:
+                z = cls.solve(Fraction(0))
+                if z is None:
+                    return None, None, None
+                ranges.append((z, z))
+                continue
+            z1, z2 = cls.z_range(mu * m)
+            ranges.append((z1, z2))
+            a, b = (z1, z2) if m > 0 else (z2, z1)
+            lo = lo + (a * m if math.isfinite(a) else (math.inf if a * m > 0 else -math.inf)) if lo is not None else None
+            hi = hi + (b * m if math.isfinite(b) else (math.inf if b * m > 0 else -math.inf)) if hi is not None else None
+        return lo, hi, ranges
+
+    cands = np.unique(np.concatenate([c.candidates() / m for c, m in zip(classes, rel) if m != 0]))
+    cands = cands[np.isfinite(cands)]
+    if cands.size == 0:  # every coupled class is unconstrained in y: any μ, try 0
+        cands = np.zeros(1)
+    lo_i, hi_i, found = 0, len(cands) - 1, None
+    while lo_i <= hi_i:  # Σ m_D z_D(μ) is non-increasing in μ
+        mid = (lo_i + hi_i) // 2
+        mu = Fraction(float(cands[mid]))
+        lo, hi, ranges = total(mu)
+        if lo is None:
+            return None
+        if lo > 0:
+            lo_i = mid + 1
+        elif hi < 0:
+            hi_i = mid - 1
+        else:
+            found = (mu, ranges)
+            break
+    if found is None:  # a float image of an exact μ candidate missed the jump: redo with exact candidates
+        return _solve_relation_exact(classes, rel, total)
+    mu, ranges = found
+    # choose z's in the ranges with Σ m_D z_D = 0 (exact), then the μ interval compatible with those z's
+    zs = _pick_zs(ranges, rel)
+    mu_lo, mu_hi = None, None
+    for cls, m, z in zip(classes, rel, zs):
+        if m == 0:
+            continue
+        y_lo, y_hi = cls.y_range(z)
+        a = None if y_lo is None else y_lo / m
+        b = None if y_hi is None else y_hi / m
+        if m < 0:
+            a, b = b, a
+        mu_lo = a if mu_lo is None else (mu_lo if a is None else max(mu_lo, a))
+        mu_hi = b if mu_hi is None else (mu_hi if b is None else min(mu_hi, b))
+    return zs, (mu_lo, mu_hi)
+
+
+def _solve_relation_exact(classes, rel, total):
+    """Slow exact fallback: candidates as exact Fractions (used only when float ordering is ambiguous)."""
+    cands = set()
+    for cls, m in zip(classes, rel):
+        if m == 0:
+            continue
+        for z in cls.grid.tolist():
+            for end in cls.y_range(int(z)):
+                if end is not None:
+                    cands.add(end / m)
+    ordered = sorted(cands)
+    lo_i, hi_i = 0, len(ordered) - 1
+    while lo_i <= hi_i:
+        mid = (lo_i + hi_i) // 2
+        lo, hi, ranges = total(ordered[mid])
+        if lo is None:
+            return None
+        if lo > 0:
+            lo_i = mid + 1
+        elif hi < 0:
+            hi_i = mid - 1
+        else:
+            zs = _pick_zs(ranges, rel)
+            mu_lo = mu_hi = ordered[mid]
+            return zs, (mu_lo, mu_hi)
+    return None
+
+
+def _pick_zs(ranges, rel) -> list:
+    """z_D in [z1_D, z2_D] with Σ m_D z_D = 0 (rational z's allowed between grid points)."""
+    zs = [Fraction(a if m >= 0 else b) if m != 0 else Fraction(a) for (a, b), m in zip(ranges, rel)]
+    deficit = -sum(m * z for m, z in zip(rel, zs))
+    for i, ((a, b), m) in enumerate(zip(ranges, rel)):
+        if deficit == 0:
+            break
+        if m == 0:
+            continue
+        room = (b - a) * abs(m)
+        step = min(deficit, room) if deficit > 0 else 0
+        zs[i] += Fraction(step) / m
+        deficit -= step
+    return [int(z) if z.denominator == 1 else z for z in zs]
 
 
 def _mul(arr: np.ndarray, k: int) -> np.ndarray:
