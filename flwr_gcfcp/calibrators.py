@@ -98,6 +98,7 @@ class Calibrator:
         self._constant: float | None = None
         self._by_key: dict[int, float] = {}
         self._solver: AtomSolver | None = None
+        self._coreset: tuple | None = None
         self.fit_seconds: float | None = None
         self.n_clients_used: int | None = None
 
@@ -123,7 +124,7 @@ class Calibrator:
         if pi is not None and len(pi) != len(summaries):
             raise ValueError(f"pi must have one entry per summary ({len(summaries)}), got {len(pi)}")
         start = time.perf_counter()
-        self._by_key, self._constant, self._solver = {}, None, None
+        self._by_key, self._constant, self._solver, self._coreset = {}, None, None, None
         self._fit(summaries, pi)
         if self._solver is not None and self.groups is not None:
             patterns = self.groups.all_patterns()
@@ -179,22 +180,14 @@ class Calibrator:
         return {0: self._constant} if self._constant is not None else dict(self._by_key)
 
     def predictor(self) -> dict:
-        """JSON-serialisable calibrated predictor: method, α, group definition and per-atom thresholds."""
+        """JSON-serialisable calibrated predictor (see :class:`.predictor.Predictor`, which loads it back)."""
+        from .predictor import Predictor
+
         self._check_fitted()
-        return {
-            "method": self.name,
-            "private": self.private,
-            "alpha": str(self.alpha),
-            "groups": None if self.groups is None else self.groups.to_text(),
-            "thresholds": {str(k): _json_float(v) for k, v in self.thresholds.items()},
-        }
+        return Predictor.from_calibrator(self).to_dict()
 
     def _summary(self, arrays_or_obj):
         return arrays_or_obj
-
-
-def _json_float(x: float) -> float | str:
-    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
 
 
 # ---------------------------------------------------------------------- marginal methods
@@ -372,6 +365,7 @@ class _RegressionCalibrator(Calibrator):
         if np.asarray(values).size == 0:
             raise ValueError(f"{self.name}: no calibration scores from any client")
         self._solver = AtomSolver(values, weights, index, patterns, self.alpha, test_weight)
+        self._coreset = (values, weights, keys, test_weight)  # kept for the saved predictor
         for key, pat in zip(uniq.tolist(), patterns):
             self._by_key[key] = self._solver.threshold(pat)
         _warn_small_atoms(self.name, keys, self.alpha)

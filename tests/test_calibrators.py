@@ -238,3 +238,36 @@ def test_too_few_points_gives_full_set_with_warning():
     with pytest.warns(UserWarning):
         cal = fit_in_process(SplitCP(0.1), [np.array([0.1, 0.2, 0.3])])
     assert cal.thresholds[0] == math.inf
+
+
+def test_saved_predictor_builds_the_same_sets_and_solves_unseen_patterns(tmp_path):
+    from flwr_gcfcp.groups import MatrixGroups
+    from flwr_gcfcp.predictor import Predictor
+
+    rng = np.random.default_rng(13)
+    clients = synthetic_clients(rng)
+    for cal in (GCFCP(GROUPS, 0.1, 250), CondCP(GROUPS, 0.1), SplitCP(0.1), FedCP(0.1, 250)):
+        fit_in_process(cal, [c[0] for c in clients], [c[1] for c in clients])
+        path = Predictor.from_calibrator(cal).save(tmp_path / f"{cal.name}.json")
+        loaded = Predictor.load(path)
+        scores = rng.random((300, 10)) * 1.2
+        preds = rng.integers(0, 10, 300)
+        assert np.array_equal(loaded.predict(scores, preds), cal.predict(scores, preds))
+        assert loaded.method == cal.name and loaded.private == cal.private
+    # matrix groups: a pattern never seen in calibration is solved from the saved coreset, exactly as the calibrator
+    groups = MatrixGroups(3)
+    member = rng.random((400, 3)) < 0.5
+    member[~member.any(axis=1), 0] = True
+    scores = rng.random(400)
+    cal = fit_in_process(CondCP(groups, 0.1), [scores[member[:, 2] == 0]], [member[member[:, 2] == 0]])
+    loaded = Predictor.load(Predictor.from_calibrator(cal).save(tmp_path / "m.json"))
+    unseen = np.array([[True, True, True], [False, True, True]])
+    assert np.array_equal(loaded.thresholds_for(unseen), cal.thresholds_for(unseen))
+
+
+def test_predictor_rejects_foreign_json(tmp_path):
+    from flwr_gcfcp.predictor import Predictor
+
+    (tmp_path / "x.json").write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="not a flwr-gcfcp predictor"):
+        Predictor.load(tmp_path / "x.json")
