@@ -471,8 +471,14 @@ class _DirectionClass:
     def intervals(self, z) -> list["_Interval"]:
         return [t.interval(z) for t in self.terms]
 
-    def compare(self, z, y: Fraction) -> tuple[int, int]:
-        """Signs of (min Y(z) - y, max Y(z) - y); an infinite end counts as -1 / +1."""
+    def compare(self, z, y: Fraction, fy: float | None = None, ey: float | None = None) -> tuple[int, int]:
+        """Signs of (min Y(z) - y, max Y(z) - y); an infinite end counts as -1 / +1.
+
+        ``fy``/``ey`` (float(y) and its rounding error) may be passed in by callers that compare one y many times.
+        """
+        if fy is None:
+            fy = float(y)
+            ey = abs(Fraction(fy) - y) if y.denominator != 1 else 0.0
         ivs = self.intervals(z)
         out = []
         for want_low in (True, False):
@@ -486,8 +492,8 @@ class _DirectionClass:
             if vals is None:
                 out.append(-1 if want_low else 1)
                 continue
-            total = math.fsum(s * v for s, v in vals) - float(y)
-            err = 4 * (sum(abs(s * v) for s, v in vals) + abs(float(y))) * 2.0**-52 + abs(float(y) - y)
+            total = math.fsum(s * v for s, v in vals) - fy
+            err = 4 * (sum(abs(s * v) for s, v in vals) + abs(fy)) * 2.0**-52 + ey
             if abs(total) > err:
                 out.append(1 if total > 0 else -1)
             else:
@@ -503,11 +509,14 @@ class _DirectionClass:
     def z_range(self, y: Fraction) -> tuple[object, object]:
         """[z1, z2] = {z : y ∈ Y(z)} on the grid's hull; z1 = +inf / z2 = -inf mark y out of range."""
         grid = self.grid
+        y = Fraction(y)
+        fy = float(y)
+        ey = float(abs(Fraction(fy) - y)) if y.denominator != 1 else 0.0
         # z1: first grid point with min Y <= y (holds from z1 on, Y being non-increasing)
         lo_i, hi_i = 0, len(grid)
         while lo_i < hi_i:
             mid = (lo_i + hi_i) // 2
-            if self.compare(int(grid[mid]), y)[0] <= 0:
+            if self.compare(int(grid[mid]), y, fy, ey)[0] <= 0:
                 hi_i = mid
             else:
                 lo_i = mid + 1
@@ -516,7 +525,7 @@ class _DirectionClass:
         lo_i, hi_i = -1, len(grid) - 1
         while lo_i < hi_i:
             mid = (lo_i + hi_i + 1) // 2
-            if self.compare(int(grid[mid]), y)[1] >= 0:
+            if self.compare(int(grid[mid]), y, fy, ey)[1] >= 0:
                 lo_i = mid
             else:
                 hi_i = mid - 1
@@ -576,8 +585,21 @@ def _solve_relation(classes: list[_DirectionClass], rel: list[int]):
             hi = hi + (b * m if math.isfinite(b) else (math.inf if b * m > 0 else -math.inf)) if hi is not None else None
         return lo, hi, ranges
 
-    cands = np.unique(np.concatenate([c.candidates() / m for c, m in zip(classes, rel) if m != 0]))
-    cands = cands[np.isfinite(cands)]
+    parts, owners, zs_of = [], [], []
+    for ci, (c, m) in enumerate(zip(classes, rel)):
+        if m == 0:
+            continue
+        vals = c.candidates() / m
+        parts.append(vals)
+        owners.append(np.full(vals.size, ci))
+        zs_of.append(np.concatenate([c.grid, c.grid]) if vals.size else np.zeros(0, dtype=np.int64))
+    cands = np.concatenate(parts) if parts else np.zeros(0)
+    owner = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
+    zsrc = np.concatenate([z.astype(object) for z in zs_of]) if zs_of else np.zeros(0, dtype=object)
+    keep = np.isfinite(cands)
+    cands, owner, zsrc = cands[keep], owner[keep], zsrc[keep]
+    order = np.argsort(cands, kind="stable")
+    cands, owner, zsrc = cands[order], owner[order], zsrc[order]
     if cands.size == 0:  # every coupled class is unconstrained in y: any μ, try 0
         cands = np.zeros(1)
     lo_i, hi_i, found = 0, len(cands) - 1, None
@@ -594,7 +616,24 @@ def _solve_relation(classes: list[_DirectionClass], rel: list[int]):
         else:
             found = (mu, ranges)
             break
-    if found is None:  # a float image of an exact μ candidate missed the jump: redo with exact candidates
+    if found is None and owner.size:
+        # the root sits on a jump whose float image missed it: recompute the nearby candidates exactly
+        near_mask = np.zeros(cands.size, dtype=bool)
+        for pivot in {cands[min(max(i, 0), len(cands) - 1)] for i in (hi_i, lo_i)}:  # the failed bracket's ends
+            near_mask |= np.abs(cands - pivot) <= 1e-9 * (1.0 + abs(pivot))
+        near = np.flatnonzero(near_mask)
+        exact = set()
+        for i in near.tolist():
+            cls, m = classes[int(owner[i])], rel[int(owner[i])]
+            for end in cls.y_range(int(zsrc[i])):
+                if end is not None:
+                    exact.add(end / m)
+        for mu in sorted(exact):
+            lo, hi, ranges = total(mu)
+            if lo is not None and lo <= 0 <= hi:
+                found = (mu, ranges)
+                break
+    if found is None:  # still nothing: every candidate exactly (slow, for safety)
         return _solve_relation_exact(classes, rel, total)
     mu, ranges = found
     # choose z's in the ranges with Σ m_D z_D = 0 (exact), then the μ interval compatible with those z's
