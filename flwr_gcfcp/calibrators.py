@@ -91,6 +91,8 @@ class Calibrator:
     private: bool = True
     summary_kind: str = ""
     summary_type: type = RawSummary
+    #: extra client inputs ``summarize`` accepts as keywords (``labels``, ``probs``, ``rng``); see client_payload
+    extra_inputs: tuple[str, ...] = ()
 
     def __init__(self, alpha: float, groups: GroupSpec | None = None) -> None:
         self.alpha = alpha_fraction(alpha)
@@ -167,8 +169,8 @@ class Calibrator:
         keys = pattern_keys(self.groups.membership(features)) if self.groups is not None else np.zeros(int(n), dtype=np.int64)
         return self.threshold_for_keys(keys)
 
-    def predict(self, score_matrix: np.ndarray, features: object = None) -> np.ndarray:
-        """Boolean (n, L) prediction-set mask ``score <= threshold``."""
+    def predict(self, score_matrix: np.ndarray, features: object = None, probs: object = None) -> np.ndarray:
+        """Boolean (n, L) prediction-set mask ``score <= threshold`` (``probs`` is used by set-valued methods only)."""
         scores = check_scores(score_matrix, name="score_matrix", ndim=2)
         thr = self.thresholds_for(features, n=scores.shape[0])
         return scores <= thr[:, None]
@@ -465,12 +467,25 @@ METHODS = ("split_cp", "fedcp", "fedcp_qq", "mondrian", "condcp", "centralized_g
 
 
 def make_calibrators(
-    methods: Sequence[str], groups: GroupSpec | None, alpha: float, deltas: Sequence[float] = (250,), conservative: bool = False
+    methods: Sequence[str],
+    groups: GroupSpec | None,
+    alpha: float,
+    deltas: Sequence[float] = (250,),
+    conservative: bool = False,
+    n_classes: int | None = None,
 ) -> dict[str, Calibrator]:
     """Build the calibrators named in ``methods`` (see module docstring); ``gcfcp`` expands over ``deltas``.
 
     ``fedcp`` uses digests at the first δ (private). ``conservative=True`` adds the π/δ-corrected GC-FCP variants.
+    The class-conditional (``standard``, ``classwise``, ``clustered``) and set-valued (``topk:K``, ``pointwise``,
+    ``penalized:LAM``, ``avg_size:KBAR``, ``avg_error``, ``fbeta``, ``hybrid:K:KBAR``) methods are built by
+    :func:`flwr_gcfcp.classcond_calibrators.make_extra_calibrator` (syntax there); ``n_classes`` (default: the
+    label count of label-set groups) lets their parameters be checked against L up front.
     """
+    from .classcond_calibrators import EXTRA_SYNTAX, make_extra_calibrator
+
+    if n_classes is None:
+        n_classes = getattr(groups, "n_labels", None)
     out: dict[str, Calibrator] = {}
     deltas = [check_delta(d, "deltas") for d in deltas]
     if not deltas:
@@ -502,7 +517,10 @@ def make_calibrators(
                 if conservative:
                     cals += [GCFCP(groups, alpha, d, conservative=True) for d in deltas if math.pi / d < float(alpha)]
         else:
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+            extra = make_extra_calibrator(method, alpha, deltas, n_classes)
+            if extra is None:
+                raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}, {EXTRA_SYNTAX}")
+            cals = [extra]
         for cal in cals:
             out[cal.name] = cal
     if not out:
@@ -511,9 +529,23 @@ def make_calibrators(
 
 
 def client_payload(
-    calibrators: Mapping[str, Calibrator], scores, features, pi_k: float | None = None, n_clients: int | None = None
+    calibrators: Mapping[str, Calibrator],
+    scores,
+    features,
+    pi_k: float | None = None,
+    n_clients: int | None = None,
+    *,
+    labels=None,
+    probs=None,
+    rng=None,
 ) -> dict[str, np.ndarray]:
-    """Client side of a shared calibration round: one block of arrays per summary kind (deduplicated)."""
+    """Client side of a shared calibration round: one block of arrays per summary kind (deduplicated).
+
+    ``labels`` (true labels of the calibration points), ``probs`` (their probability rows) and ``rng`` (seed or
+    generator of client-side randomness, e.g. the clustered split) go to the calibrators that declare them in
+    ``extra_inputs`` (class-conditional and set-valued methods); the others ignore them.
+    """
+    extras = {"labels": labels, "probs": probs, "rng": rng}
     out: dict[str, np.ndarray] = {}
     done: set[str] = set()
     # a shared block must carry atom keys when any method using it has groups: summarize with those first
@@ -521,7 +553,10 @@ def client_payload(
         if cal.summary_kind in done:
             continue
         done.add(cal.summary_kind)
-        for key, arr in cal.summarize(scores, features, pi_k=pi_k, n_clients=n_clients).to_arrays().items():
+        kw = {k: extras[k] for k in cal.extra_inputs}
+        summary = cal.summarize(scores, features, pi_k=pi_k, n_clients=n_clients, **kw)
+        arrays = summary.to_arrays() if hasattr(summary, "to_arrays") else summary
+        for key, arr in arrays.items():
             out[f"{cal.summary_kind}/{key}"] = arr
     return out
 
@@ -551,6 +586,8 @@ def _parse_payload(cal: Calibrator, payload: Mapping[str, np.ndarray]):
     block = {k[len(prefix) :]: v for k, v in payload.items() if k.startswith(prefix)}
     if not block:
         raise PayloadError(f"no '{cal.summary_kind}' block (needed by {cal.name})")
+    if hasattr(cal, "parse_summary"):  # adapters validate their own blocks
+        return cal.parse_summary(block)
     max_key = 2 ** cal.groups.n_groups if cal.groups is not None else None
     return cal.summary_type.from_arrays(block, max_key=max_key)
 
@@ -622,7 +659,14 @@ def fit_in_process(
 
 
 def predictor_arrays(calibrator: Calibrator) -> dict[str, np.ndarray]:
-    """Per-atom thresholds as arrays (sent to clients in the conformal evaluation round)."""
+    """Per-atom thresholds as arrays (sent to clients in the conformal evaluation round).
+
+    Class-conditional and set-valued calibrators give their own arrays (per-label thresholds, or the set-valued
+    rule), with a ``rule`` entry; clients apply any of them with
+    :func:`flwr_gcfcp.classcond_calibrators.set_mask_from_arrays`.
+    """
+    if hasattr(calibrator, "predictor_arrays"):
+        return calibrator.predictor_arrays()
     thr = calibrator.thresholds
     keys = np.asarray(list(thr.keys()), dtype=np.int64)
     return {
@@ -638,6 +682,11 @@ def thresholds_from_arrays(arrays: Mapping[str, np.ndarray], features, groups: G
     A pattern absent from the arrays (possible only for non-enumerable group families) gets ``+inf`` (full set)
     with a warning.
     """
+    if int(np.asarray(arrays.get("rule", [0])).reshape(-1)[0]) != 0:
+        raise PayloadError(
+            "these predictor arrays hold per-label thresholds or a set-valued rule, not per-point thresholds: "
+            "use classcond_calibrators.set_mask_from_arrays"
+        )
     keys_arr = np.asarray(arrays["keys"], dtype=np.int64)
     thr = np.asarray(arrays["thresholds"], dtype=np.float64)
     if keys_arr.shape != thr.shape:

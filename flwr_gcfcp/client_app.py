@@ -87,7 +87,10 @@ def calibrate(msg: Message, context: Context) -> Message:
     scores = task.score_fn(cfg).calibration_scores(probs, data.y_cal, rng=task.score_rng(cfg, pid, "cal"))
     calibrators = task.make_calibrators(cfg, data.n_classes)
     pi_k = cfg.pi_for(pid, npart) if cfg.mixture_weights else 1.0 / n_clients
-    payload = client_payload(calibrators, scores, probs, pi_k=pi_k, n_clients=n_clients)
+    payload = client_payload(
+        calibrators, scores, probs, pi_k=pi_k, n_clients=n_clients,
+        labels=data.y_cal, probs=probs, rng=task.score_rng(cfg, pid, "split"),
+    )
     meta = MetricRecord(
         {"num-examples": int(len(data.y_cal)), "partition-id": int(pid), "accuracy": float(np.mean(probs.argmax(1) == data.y_cal))}
     )
@@ -97,7 +100,7 @@ def calibrate(msg: Message, context: Context) -> Message:
 @app.query(EVALUATE_ACTION)
 def conformal_evaluate(msg: Message, context: Context) -> Message:
     """Build prediction sets on the local test data from each method's thresholds; reply with counts."""
-    from flwr_gcfcp.calibrators import thresholds_from_arrays
+    from flwr_gcfcp.classcond_calibrators import set_mask_from_arrays
     from flwr_gcfcp.metrics import evaluation_counts
 
     cfg, pid, npart, extra = _setup(msg, context)
@@ -112,8 +115,8 @@ def conformal_evaluate(msg: Message, context: Context) -> Message:
     for name in names:
         prefix = f"{name}/"
         arrays = {k[len(prefix) :]: v for k, v in predictor.items() if k.startswith(prefix)}
-        thresholds = thresholds_from_arrays(arrays, probs, groups)
-        set_mask = score_matrix <= np.asarray(thresholds, dtype=np.float64)[:, None]
+        # per-atom thresholds, per-label thresholds (class-conditional) or a set-valued rule on the probabilities
+        set_mask = set_mask_from_arrays(arrays, score_matrix, probs, groups, probs=probs)
         for key, value in evaluation_counts(set_mask, data.y_test, membership).items():
             out[f"{name}/{key}"] = np.asarray(value)
     meta = MetricRecord(

@@ -450,6 +450,7 @@ def make_calibrators(cfg: AppConfig, n_classes: int):
         cfg.alpha,
         deltas=tuple(cfg.delta_list()),
         conservative=cfg.conservative,
+        n_classes=n_classes,
     )
 
 
@@ -460,4 +461,5 @@ def score_fn(cfg: AppConfig):
 
 
 def score_rng(cfg: AppConfig, partition_id: int, which: str) -> np.random.Generator:
-    return np.random.default_rng([int(cfg.seed), int(partition_id), {"cal": 1, "test": 2}[which]])
+    """Client-side randomness: ``"cal"`` / ``"test"`` randomized scores, ``"split"`` the clustered-CP split."""
+    return np.random.default_rng([int(cfg.seed), int(partition_id), {"cal": 1, "test": 2, "split": 3}[which]])

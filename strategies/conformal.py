@@ -256,7 +256,8 @@ class ConformalStrategy(Strategy):
         from flwr_gcfcp.calibrators import make_calibrators
 
         return make_calibrators(
-            self.methods, self.groups, self.alpha, deltas=self.deltas, conservative=self.conservative
+            self.methods, self.groups, self.alpha, deltas=self.deltas, conservative=self.conservative,
+            n_classes=self.n_classes,
         )
 
     def conformal_config(self, n_clients: int) -> ConfigRecord:
@@ -406,7 +407,7 @@ class ConformalStrategy(Strategy):
     def calibrate(self, grid: Grid, result: ConformalResult, timings: dict[str, float] | None = None) -> None:
         """Calibration round + server fit + conformal evaluation round on ``result.arrays``."""
         from flwr_gcfcp.calibrators import fit_all, predictor_arrays
-        from flwr_gcfcp.metrics import aggregate_counts
+        from flwr_gcfcp.metrics import aggregate_counts, covgap, frac_undercov
 
         timings = {} if timings is None else timings
         model = result.arrays
@@ -520,6 +521,11 @@ class ConformalStrategy(Strategy):
         for name, cal in calibrators.items():
             agg = aggregate_counts(counts[name], eval_pi)
             methods_report[name] = {**_jsonable(agg), "private": bool(getattr(cal, "private", True))}
+            # per-class coverage is in agg; CovGap / FracUnderCov (Ding et al.) summarise it for every method
+            methods_report[name]["covgap"] = _jsonable(covgap(agg["class_coverage"], self.alpha))
+            methods_report[name]["frac_undercov"] = _jsonable(frac_undercov(agg["class_coverage"], self.alpha))
+            if hasattr(cal, "info"):  # what a class-conditional / set-valued fit chose (clusters, γ, threshold, T)
+                methods_report[name]["fit"] = _jsonable(cal.info())
         timings["evaluation_s"] = time.perf_counter() - t
 
         result.calibrators = dict(calibrators)

@@ -46,6 +46,7 @@ def format_table(report: dict[str, Any]) -> str:
         row += [_fmt(v) for v in m.get("group_coverage", [])]
         row += [_fmt(v, pct=False) for v in m.get("group_set_size", [])]
         lines.append("| " + " | ".join(row) + " |")
+    lines += _class_table(methods)
     excluded = report.get("excluded_clients", [])
     if excluded:
         lines.append("")
@@ -53,6 +54,27 @@ def format_table(report: dict[str, Any]) -> str:
         for e in excluded:
             lines.append(f"- {e.get('client')} ({e.get('phase')}): {e.get('reason')}")
     return "\n".join(lines) + "\n"
+
+
+def _class_table(methods: dict[str, Any], max_columns: int = 20) -> list[str]:
+    """Per-class coverage: CovGap (pp), FracUnderCov, the smallest class coverage, and each class up to 20 labels."""
+    if not any("covgap" in m for m in methods.values()):
+        return []
+    n_cls = max((len(m.get("class_coverage", [])) for m in methods.values()), default=0)
+    head = ["method", "CovGap (pp)", "FracUnderCov", "min class cov %"]
+    if n_cls <= max_columns:
+        head += [f"cov y={c} %" for c in range(n_cls)]
+    lines = ["", "Per-class coverage (CovGap = mean |coverage_y - (1 - alpha)| in percentage points):", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for name, m in methods.items():
+        cov = [float(v) if isinstance(v, (int, float)) else float("nan") for v in m.get("class_coverage", [])]
+        finite = [v for v in cov if v == v]
+        row = [name, _fmt(m.get("covgap"), pct=False), _fmt(m.get("frac_undercov"), pct=False)]
+        row.append(_fmt(min(finite)) if finite else "-")
+        if n_cls <= max_columns:
+            row += [_fmt(v) for v in cov] + ["-"] * (n_cls - len(cov))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def save_predictor(predictor: Any, path: Path) -> None:

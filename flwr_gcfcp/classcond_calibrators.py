@@ -1,0 +1,728 @@
+"""Class-conditional CP and set-valued frameworks as calibrators of the shared (one-round) calibration round.
+
+These adapters implement the :class:`~flwr_gcfcp.calibrators.Calibrator` API by delegating to
+:class:`~flwr_gcfcp.classcond.FederatedClassConditionalCP` and :class:`~flwr_gcfcp.setvalued.SetValuedClassifier`,
+so ``make_calibrators`` / ``client_payload`` / ``fit_all`` / ``predictor_arrays`` (and therefore the Flower
+strategies) run them next to GC-FCP and FedCP in the **same single calibration round**.
+
+Method names (``methods`` in the run config; comma-separated; parameters after ``:``)
+------------------------------------------------------------------------------------
+A method is ``NAME[:VALUE...][:KEY=VALUE...]``: positional values in the order below, then optional
+``key=value`` options, all separated by ``:`` (never by ``,``, which separates methods). Every value is validated
+and an error names the method text and the value.
+
+==============================  ==================  =====================================================================
+method (result name)            set                 calibration (what a client sends)
+==============================  ==================  =====================================================================
+``standard``                    ``s(x,y) <= q``     FedCP-style merged per-class T-digests, one threshold (unit weights)
+``classwise``                   ``s(x,y) <= q[y]``  per-class digests; one threshold per class (+inf if too few points)
+``clustered``                   ``s(x,y) <= q[y]``  Ding et al. from clustering/proper per-class digests (one round)
+``topk:K``                      ``top(x, K)``       none (``1 <= K < L``)
+``pointwise[:EPS]``             ``top(x, k_ε(x))``  NLL sums on the shared temperature grid (federated temperature)
+``penalized:LAM``               ``p̂_l >= LAM``      none (``0 <= LAM <= 1``)
+``avg_size:KBAR``               ``p̂_l >= t``        digest of every ``p̂_l(x_i)`` (unlabeled); ``0 < KBAR < L``
+``avg_error[:EPS]``             ``1 - p̂_l <= q``    digest of the LAC scores ``1 - p̂_y`` (FedCP rule at level EPS)
+``fbeta[:BETA]``                ``p̂_l >= θ*``       digest of every ``p̂_l(x_i)`` (shared with ``avg_size``); ``BETA > 0``
+``hybrid:K:KBAR``               ``p̂_l >= t ∩ top_K`` digest of the top-K values; ``0 < KBAR < K < L``
+==============================  ==================  =====================================================================
+
+Defaults: ``EPS = alpha`` (the run's α) for ``pointwise`` / ``avg_error``; ``BETA = 1``. Long aliases are
+accepted (``top_k``, ``pointwise_error``, ``average_size``, ``average_error``, ``f_beta``, ``hybrid_size``).
+Options (``key=value``):
+
+* every digest-based method: ``delta=D`` (default: the first of the run's ``deltas``);
+* ``standard`` / ``classwise`` / ``clustered`` / ``avg_error``: ``conservative=true`` (rank ``k + ⌈W π/δ⌉``:
+  coverage >= 1 - α despite the digest error; see :mod:`flwr_gcfcp.classcond`);
+* ``clustered``: ``gamma=G`` (clustering fraction, default ``L/(L + 75)``, see below), ``clusters=M`` (default:
+  Ding et al.'s heuristic from the exact merged class counts);
+* ``pointwise``: ``ts=false`` (no temperature scaling: T = 1, no calibration).
+
+The result name is the method text with ``:`` replaced by ``_`` and ``=`` removed, numbers normalised
+(``avg_size:2`` -> ``avg_size_2``, ``hybrid:3:1.5`` -> ``hybrid_3_1.5``, ``clustered:gamma=0.3`` ->
+``clustered_gamma0.3``), so it is safe as an ``ArrayRecord`` key prefix and a file name.
+
+Scores and inputs. The class-conditional methods use the calibration scores of the run's ``score``
+(softmax/lac, aps or raps; the evaluation round uses the same score matrix), plus the true labels. The set-valued
+frameworks work on the probability rows ``p̂(x)`` (``average_error`` is the LAC rule ``1 - p̂_y`` whatever the run's
+score) and the labels where needed. ``client_payload(..., labels=, probs=, rng=)`` passes them through. The mixture
+weights π do not enter these calibrations (every calibration point has unit weight, as in
+:mod:`~flwr_gcfcp.classcond` and :mod:`~flwr_gcfcp.setvalued`); they still weight the evaluation.
+
+One-round protocols (no extra round is added to the strategies)
+-----------------------------------------------------------------
+* ``clustered``: the γ heuristic of Ding et al. needs the global class counts before the clients split their
+  points, i.e. a count round. The Flower round uses the one-round variant that ``classcond`` supports with a
+  given γ: the clients split with ``gamma`` (option) or, by default, ``γ = L/(L + 75)``, which *is* the heuristic
+  whenever every class has at least ``⌈(1 - α)/α⌉`` calibration points in the federation (then ``K' = L``). The
+  number of clusters M still comes from the heuristic on the exact merged class counts (or ``clusters=``). The
+  split uses the client's ``rng`` (the Flower client passes a seed derived from ``seed`` and its partition id).
+* ``fbeta``: :meth:`~flwr_gcfcp.setvalued.SetValuedClassifier.fit_federated` brackets the root in a first round and
+  solves it exactly on the bracketed values in a second. Here the clients instead send one T-digest of all their
+  ``p̂_l(x_i)`` (the block ``avg_size`` also uses) and the server takes the exact root of
+  ``β²θ - Σ_c w_c (m_c - θ)_+ / N`` on the merged centroids ``(m_c, w_c)``. A centroid keeps the sum of its values,
+  so the only error comes from the (at most a few) centroids that straddle θ*; when the digests keep every point
+  (δ large) the root equals the centralized :func:`~flwr_gcfcp.setvalued.fbeta_threshold` up to float summation.
+* every other method is one round in :mod:`~flwr_gcfcp.classcond` / :mod:`~flwr_gcfcp.setvalued` already;
+  ``topk`` / ``penalized`` (and ``pointwise`` with ``ts=false``) send only their point count.
+
+Evaluation round: :func:`predictor_arrays` gives per-label thresholds (rule 1) or the fitted set-valued rule
+(rule 2); the clients apply them with :func:`set_mask_from_arrays` (rule 0 = the existing per-atom thresholds).
+
+This module does not import flwr or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .calibrators import Calibrator, thresholds_from_arrays
+from .classcond import FederatedClassConditionalCP
+from .setvalued import FRAMEWORKS, SetValuedClassifier, _fbeta_root, _check_k, _check_k_bar
+from .summaries import PayloadError
+from .validation import check_delta, check_scores
+
+__all__ = [
+    "ArraysPredictor",
+    "ClassConditionalCalibrator",
+    "EXTRA_METHODS",
+    "SetValuedCalibrator",
+    "make_extra_calibrator",
+    "parse_method_spec",
+    "set_mask_from_arrays",
+]
+
+RULE_ATOMS, RULE_LABELS, RULE_SETVALUED = 0, 1, 2
+CLASSCOND_METHODS = ("standard", "classwise", "clustered")
+# short name -> setvalued framework; the long framework names are accepted too
+SETVALUED_SHORT = {
+    "topk": "top_k",
+    "pointwise": "pointwise_error",
+    "penalized": "penalized",
+    "avg_size": "average_size",
+    "avg_error": "average_error",
+    "fbeta": "f_beta",
+    "hybrid": "hybrid_size",
+}
+_LONG_TO_SHORT = {v: k for k, v in SETVALUED_SHORT.items()}
+EXTRA_METHODS = CLASSCOND_METHODS + tuple(SETVALUED_SHORT)
+EXTRA_SYNTAX = (
+    "standard, classwise, clustered[:gamma=G][:clusters=M], topk:K, pointwise[:EPS][:ts=false], penalized:LAM, "
+    "avg_size:KBAR, avg_error[:EPS], fbeta[:BETA], hybrid:K:KBAR (options delta=D, conservative=true)"
+)
+# positional parameters and allowed options per method
+_POSITIONAL = {
+    "standard": (),
+    "classwise": (),
+    "clustered": (),
+    "topk": (("k", True),),
+    "pointwise": (("epsilon", False),),
+    "penalized": (("lam", True),),
+    "avg_size": (("k_bar", True),),
+    "avg_error": (("epsilon", False),),
+    "fbeta": (("beta", False),),
+    "hybrid": (("k", True), ("k_bar", True)),
+}
+_OPTIONS = {
+    "standard": ("delta", "conservative"),
+    "classwise": ("delta", "conservative"),
+    "clustered": ("delta", "conservative", "gamma", "clusters"),
+    "topk": (),
+    "pointwise": ("ts",),
+    "penalized": (),
+    "avg_size": ("delta",),
+    "avg_error": ("delta", "conservative"),
+    "fbeta": ("delta",),
+    "hybrid": ("delta",),
+}
+
+
+# ------------------------------------------------------------------------------------------------ spec parsing
+def _num(text: str) -> str:
+    v = float(text)
+    return f"{int(v)}" if v.is_integer() and abs(v) < 1e15 else f"{v:g}"
+
+
+def _bool(method: str, key: str, text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"method {method!r}: {key} must be true or false, got {text!r}")
+
+
+def _float(method: str, key: str, text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"method {method!r}: {key} must be a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"method {method!r}: {key} must be a finite number, got {text!r}")
+    return v
+
+
+def _int(method: str, key: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"method {method!r}: {key} must be an integer, got {text!r}") from None
+
+
+def parse_method_spec(text: str) -> tuple[str, dict[str, str], str] | None:
+    """``"avg_size:2"`` -> ``("avg_size", {"k_bar": "2"}, "avg_size_2")``; None if the name is not one of ours.
+
+    Raises ValueError (naming the method text) for a known name with bad positional values or unknown options.
+    """
+    raw = str(text).strip()
+    parts = [p.strip() for p in raw.split(":")]
+    base = parts[0].lower().replace("-", "_")
+    base = _LONG_TO_SHORT.get(base, base)
+    if base not in _POSITIONAL:
+        return None
+    positional = [p for p in parts[1:] if "=" not in p]
+    options = [p for p in parts[1:] if "=" in p]
+    if any(not p for p in parts[1:]):
+        raise ValueError(f"method {raw!r}: empty parameter (syntax NAME[:VALUE...][:KEY=VALUE...])")
+    seen_option = False
+    for p in parts[1:]:
+        if "=" in p:
+            seen_option = True
+        elif seen_option:
+            raise ValueError(f"method {raw!r}: positional value {p!r} after a key=value option (values come first)")
+    slots = _POSITIONAL[base]
+    if len(positional) > len(slots):
+        want = ":".join(s.upper() for s, _ in slots) or "no positional value"
+        raise ValueError(f"method {raw!r}: too many values {positional!r} (expected {base}{':' if slots else ' with '}{want})")
+    params: dict[str, str] = {}
+    for (slot, _), value in zip(slots, positional):
+        params[slot] = value
+    missing = [s for s, req in slots[len(positional) :] if req]
+    if missing:
+        example = base + "".join(f":{s.upper()}" for s, _ in slots)
+        raise ValueError(f"method {raw!r}: missing {', '.join(missing)} (syntax {example}, e.g. {_EXAMPLES[base]})")
+    name_bits = [base] + [_num(v) if _is_float(v) else v for v in positional]
+    for opt in options:
+        key, _, value = opt.partition("=")
+        key = key.strip().lower()
+        if key not in _OPTIONS[base]:
+            allowed = ", ".join(_OPTIONS[base]) or "none"
+            raise ValueError(f"method {raw!r}: unknown option {key!r} (options of {base}: {allowed})")
+        if key in params:
+            raise ValueError(f"method {raw!r}: option {key!r} given twice")
+        params[key] = value.strip()
+        name_bits.append(f"{key}{_num(value) if _is_float(value) else value.strip().lower()}")
+    return base, params, "_".join(name_bits)
+
+
+_EXAMPLES = {
+    "topk": "topk:2",
+    "penalized": "penalized:0.2",
+    "avg_size": "avg_size:2",
+    "hybrid": "hybrid:3:1.5",
+}
+
+
+def _is_float(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def make_extra_calibrator(
+    spec: str, alpha: float, deltas: Sequence[float] = (250,), n_classes: int | None = None
+) -> Calibrator | None:
+    """The adapter calibrator for one method spec (see module docstring), or None if ``spec`` is not one of ours."""
+    parsed = parse_method_spec(spec)
+    if parsed is None:
+        return None
+    base, params, name = parsed
+    raw = str(spec).strip()
+    delta = check_delta(_float(raw, "delta", params["delta"]), "delta") if "delta" in params else float(deltas[0])
+    if n_classes is not None and (not isinstance(n_classes, (int, np.integer)) or int(n_classes) < 2):
+        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    if base in CLASSCOND_METHODS:
+        conservative = _bool(raw, "conservative", params.get("conservative", "false"))
+        gamma = _float(raw, "gamma", params["gamma"]) if "gamma" in params else None
+        if gamma is not None and not 0 <= gamma <= 1:
+            raise ValueError(f"method {raw!r}: gamma must be in [0, 1], got {params['gamma']!r}")
+        clusters = _int(raw, "clusters", params["clusters"]) if "clusters" in params else None
+        if clusters is not None and clusters < 1:
+            raise ValueError(f"method {raw!r}: clusters must be an integer >= 1, got {params['clusters']!r}")
+        return ClassConditionalCalibrator(
+            base, alpha, n_classes=n_classes, delta=delta, conservative=conservative, gamma=gamma,
+            n_clusters=clusters, name=name,
+        )
+    kwargs: dict[str, object] = {"delta": delta}
+    try:
+        if "k" in params:
+            kwargs["k"] = _check_k(_int(raw, "k", params["k"]), n_classes)
+        if "k_bar" in params:
+            kb = _float(raw, "k_bar", params["k_bar"])
+            if base == "hybrid":
+                _check_k_bar(kb, kwargs["k"], what="k")
+            else:
+                _check_k_bar(kb, n_classes)
+            kwargs["k_bar"] = kb
+        if base in ("pointwise", "avg_error"):
+            kwargs["epsilon"] = _float(raw, "epsilon", params["epsilon"]) if "epsilon" in params else float(alpha)
+        if base == "penalized":
+            kwargs["lam"] = _float(raw, "lam", params["lam"])
+        if base == "fbeta":
+            kwargs["beta"] = _float(raw, "beta", params["beta"]) if "beta" in params else 1.0
+        if base == "pointwise":
+            kwargs["temperature_scaling"] = _bool(raw, "ts", params.get("ts", "true"))
+        if base == "avg_error":
+            kwargs["conservative"] = _bool(raw, "conservative", params.get("conservative", "false"))
+        return SetValuedCalibrator(SETVALUED_SHORT[base], n_classes=n_classes, name=name, **kwargs)
+    except ValueError as err:
+        if str(err).startswith("method "):
+            raise
+        raise ValueError(f"method {raw!r}: {err}") from None
+
+
+# ------------------------------------------------------------------------------------------------ payloads
+class _DictSummary(dict):
+    """A validated client block (a dict of arrays) with its point count ``n`` (checked equal across blocks)."""
+
+    n: int
+
+
+def _block_n(block: Mapping[str, np.ndarray]) -> int:
+    if "n" not in block:
+        raise PayloadError("missing field 'n'")
+    arr = np.asarray(block["n"])
+    if arr.shape != (1,) or arr.dtype.kind not in "iu" or int(arr[0]) < 0:
+        raise PayloadError(f"field 'n' must be one integer >= 0, got {arr!r}")
+    return int(arr[0])
+
+
+def _wrap(block: Mapping[str, np.ndarray], n: int) -> _DictSummary:
+    out = _DictSummary({k: np.asarray(v) for k, v in block.items()})
+    out.n = n
+    return out
+
+
+def _need(method: str, labels: object, probs: object, what: str) -> None:
+    if "labels" in what and labels is None:
+        raise ValueError(f"method {method!r} needs the true labels: client_payload(..., labels=...)")
+    if "probs" in what and probs is None:
+        raise ValueError(f"method {method!r} needs the probability rows: client_payload(..., probs=...)")
+
+
+# ------------------------------------------------------------------------------------------------ class-conditional
+class ClassConditionalCalibrator(Calibrator):
+    """Federated standard / classwise / clustered CP (:class:`~flwr_gcfcp.classcond.FederatedClassConditionalCP`).
+
+    Client: per-class (and, for clustered, per-part) T-digests of the calibration scores at ``delta``, integer
+    unit weights. Server: merge per class, thresholds by exact integer ranks. Sets ``{y : s(x, y) <= q[y]}``.
+    ``standard`` and ``classwise`` share one payload block. See the module docstring for the one-round clustered
+    variant (γ given or ``L/(L + 75)``).
+    """
+
+    private = True
+    extra_inputs = ("labels", "probs", "rng")
+
+    def __init__(
+        self,
+        method: str,
+        alpha: float,
+        n_classes: int | None = None,
+        *,
+        delta: float = 250.0,
+        conservative: bool = False,
+        gamma: float | None = None,
+        n_clusters: int | None = None,
+        random_state: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(alpha, None)
+        if method not in CLASSCOND_METHODS:
+            raise ValueError(f"method must be one of {list(CLASSCOND_METHODS)}, got {method!r}")
+        self.method = method
+        self._alpha_raw = alpha
+        self.n_classes = None if n_classes is None else int(n_classes)
+        self.delta = check_delta(delta)
+        self.conservative = bool(conservative)
+        self.gamma = gamma
+        self.n_clusters = n_clusters
+        self.random_state = int(random_state)
+        self.name = name or method
+        if method == "clustered":
+            self.summary_kind = f"ccclust{self.delta:g}" + ("" if gamma is None else f"_g{gamma:g}")
+        else:
+            self.summary_kind = f"ccclass{self.delta:g}"
+        self.model: FederatedClassConditionalCP | None = None
+
+    def _new_model(self, n_classes: int) -> FederatedClassConditionalCP:
+        if self.n_classes is not None and n_classes != self.n_classes:
+            raise ValueError(f"{self.name}: data has {n_classes} classes, the method was set up for {self.n_classes}")
+        gamma = self.gamma
+        if self.method == "clustered" and gamma is None:
+            gamma = n_classes / (n_classes + 75)
+        return FederatedClassConditionalCP(
+            self.method, self._alpha_raw, n_classes, delta=self.delta, conservative=self.conservative, merge=True,
+            gamma=gamma if self.method == "clustered" else None, n_clusters=self.n_clusters,
+            random_state=self.random_state,
+        )
+
+    # ---- client
+    def summarize(self, scores, features=None, pi_k=None, n_clients=None, *, labels=None, probs=None, rng=None):
+        _need(self.name, labels, None, "labels")
+        s = check_scores(scores, allow_empty=True)
+        if self.n_classes is not None:
+            L = self.n_classes
+        elif probs is not None:
+            L = int(np.asarray(probs).shape[1])
+        else:
+            raise ValueError(f"method {self.name!r}: the number of classes is unknown (give n_classes or probs=)")
+        model = self._new_model(L)
+        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(self.random_state if rng is None else rng)
+        out = model.summarize(s, np.asarray(labels, dtype=np.int64).reshape(-1), rng=gen)
+        out["n"] = np.array([s.size], dtype=np.int64)
+        return _wrap(out, s.size)
+
+    # ---- server
+    def parse_summary(self, block: Mapping[str, np.ndarray]) -> _DictSummary:
+        n = _block_n(block)
+        nc = np.asarray(block.get("n_classes", [-1])).reshape(-1)
+        if nc.size != 1 or np.asarray(nc).dtype.kind not in "iu" or int(nc[0]) < 2:
+            raise PayloadError(f"field 'n_classes' must be one integer >= 2, got {block.get('n_classes')!r}")
+        L = int(nc[0])
+        if self.n_classes is not None and L != self.n_classes:
+            raise PayloadError(f"field 'n_classes' is {L}, expected {self.n_classes}")
+        model = self._new_model(L)
+        parts = ("clust", "proper") if self.method == "clustered" else ("proper",)
+        try:
+            model._check_payload(0, block, parts)
+        except ValueError as err:
+            raise PayloadError(str(err).replace("summaries[0]", "payload")) from None
+        total = sum(int(np.asarray(block[f"{p}/weights"]).sum()) for p in parts)
+        if total != n:
+            raise PayloadError(f"digest weights sum to {total}, but the client reports n = {n} calibration points")
+        return _wrap(block, n)
+
+    def _fit(self, summaries, pi) -> None:
+        L = int(np.asarray(summaries[0]["n_classes"]).reshape(-1)[0])
+        if any(int(np.asarray(s["n_classes"]).reshape(-1)[0]) != L for s in summaries):
+            raise ValueError(f"{self.name}: clients disagree on the number of classes")
+        model = self._new_model(L)
+        model.fit([dict(s) for s in summaries])
+        self.model = model
+        self.n_classes = L
+
+    def _check_fitted(self) -> None:
+        if self.model is None:
+            raise RuntimeError(f"{self.name} is not fitted: call fit() first")
+
+    @property
+    def label_thresholds(self) -> np.ndarray:
+        self._check_fitted()
+        return np.asarray(self.model.thresholds_, dtype=np.float64)
+
+    @property
+    def thresholds(self) -> dict[int, float]:
+        """Threshold per class label (not per atom)."""
+        return {c: float(t) for c, t in enumerate(self.label_thresholds)}
+
+    def thresholds_for(self, features=None, n=None):
+        raise ValueError(f"{self.name} has one threshold per label, not per point: use predict()")
+
+    def predict(self, score_matrix, features=None, probs=None) -> np.ndarray:
+        self._check_fitted()
+        return self.model.predict(score_matrix)
+
+    def predictor_arrays(self) -> dict[str, np.ndarray]:
+        return {"rule": np.array([RULE_LABELS], dtype=np.int64), "label_thresholds": self.label_thresholds}
+
+    def info(self) -> dict:
+        """What the fit chose (clusters, γ), JSON-able."""
+        self._check_fitted()
+        m = self.model
+        out = {"method": self.method, "delta": self.delta, "conservative": self.conservative}
+        if self.method == "clustered":
+            out.update(
+                gamma=m.gamma_, n_clusters=int(m.n_clusters_), class_to_cluster=m.class_to_cluster_.tolist(),
+                null_classes=m.null_classes_.tolist(),
+            )
+        out["class_counts"] = m.class_counts_.tolist()
+        return out
+
+    def predictor(self) -> dict:
+        return _predictor_dict(self)
+
+
+# ------------------------------------------------------------------------------------------------ set-valued
+class SetValuedCalibrator(Calibrator):
+    """One set-valued framework (:class:`~flwr_gcfcp.setvalued.SetValuedClassifier`) in the shared round.
+
+    Sets are built from the probability rows (``predict(..., probs=...)``); ``average_error`` is the LAC rule.
+    ``f_beta`` uses the one-round digest variant described in the module docstring.
+    """
+
+    private = True
+    extra_inputs = ("labels", "probs", "rng")
+
+    def __init__(self, framework: str, *, n_classes: int | None = None, name: str | None = None, **kwargs: object) -> None:
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"framework must be one of {list(FRAMEWORKS)}, got {framework!r}")
+        model = SetValuedClassifier(framework, **kwargs)  # validates the parameters first
+        super().__init__(0.1 if model.epsilon is None else model._epsilon_raw, None)
+        self.framework = framework
+        self.n_classes = None if n_classes is None else int(n_classes)
+        self.kwargs = dict(kwargs)
+        self.model = model
+        self.name = name or _LONG_TO_SHORT[framework]
+        d = f"{self.model.delta:g}"
+        self.summary_kind = {
+            "top_k": "svnone",
+            "penalized": "svnone",
+            "pointwise_error": "svnll" if self.model.temperature_scaling else "svnone",
+            "average_size": f"svprobs{d}",
+            "f_beta": f"svprobs{d}",
+            "hybrid_size": f"svtop{self.model.k}_{d}",
+            "average_error": f"svlac{d}",
+        }[framework]
+        self._fitted = False
+
+    # ---- client
+    def summarize(self, scores=None, features=None, pi_k=None, n_clients=None, *, labels=None, probs=None, rng=None):
+        _need(self.name, labels, probs, "probs")
+        p = np.asarray(probs, dtype=np.float64)
+        if self.n_classes is not None and p.ndim == 2 and p.shape[1] != self.n_classes:
+            raise ValueError(f"{self.name}: probs have {p.shape[1]} columns, expected n_classes={self.n_classes}")
+        n = int(p.shape[0])
+        if self.summary_kind == "svnone":
+            return _wrap({"n": np.array([n], dtype=np.int64)}, n)
+        fw = "average_size" if self.framework == "f_beta" else self.framework  # f_beta: one round, digest of all p̂
+        helper = self.model if fw == self.framework else SetValuedClassifier(fw, k_bar=1.0, delta=self.model.delta)
+        if fw in ("pointwise_error", "average_error"):
+            _need(self.name, labels, probs, "labels")
+        if n == 0:
+            out = {"n": np.array([0], dtype=np.int64), "n_labels": np.array([p.shape[1] if p.ndim == 2 else 0], dtype=np.int64)}
+            if fw == "pointwise_error":
+                out["nll"] = np.zeros(self.model.temperatures.size, dtype=np.int64)
+            else:
+                out.update(means=np.empty(0), weights=np.empty(0, dtype=np.int64))
+            return _wrap(out, 0)
+        out = helper.summarize(p, None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1))
+        return _wrap(out, n)
+
+    # ---- server
+    def parse_summary(self, block: Mapping[str, np.ndarray]) -> _DictSummary:
+        n = _block_n(block)
+        if self.summary_kind == "svnone":
+            return _wrap(block, n)
+        nl = np.asarray(block.get("n_labels", [-1])).reshape(-1)
+        if nl.size != 1 or nl.dtype.kind not in "iu" or (n > 0 and int(nl[0]) < 2):
+            raise PayloadError(f"field 'n_labels' must be one integer >= 2, got {block.get('n_labels')!r}")
+        if self.n_classes is not None and n > 0 and int(nl[0]) != self.n_classes:
+            raise PayloadError(f"field 'n_labels' is {int(nl[0])}, expected {self.n_classes}")
+        if self.summary_kind == "svnll":
+            nll = np.asarray(block.get("nll", []))
+            if nll.shape != self.model.temperatures.shape or nll.dtype.kind not in "iu" or (nll < 0).any():
+                raise PayloadError(f"field 'nll' must be {self.model.temperatures.size} integers >= 0 (one per temperature)")
+            return _wrap(block, n)
+        for key in ("means", "weights"):
+            if key not in block:
+                raise PayloadError(f"missing field {key!r}")
+        m, w = np.asarray(block["means"]), np.asarray(block["weights"])
+        if m.ndim != 1 or m.shape != w.shape or m.dtype.kind not in "fiu" or w.dtype.kind not in "iu":
+            raise PayloadError("fields 'means' (float) and 'weights' (int) must be 1-D arrays of equal length")
+        if not np.all(np.isfinite(m.astype(np.float64))) or (w <= 0).any():
+            raise PayloadError("field 'means' holds NaN/inf values or 'weights' non-positive counts")
+        per_point = {"average_size": None, "f_beta": None, "hybrid_size": self.model.k, "average_error": 1}[self.framework]
+        expected = n * (int(nl[0]) if per_point is None else per_point)
+        if int(w.sum()) != expected:
+            raise PayloadError(f"digest weights sum to {int(w.sum())}, expected {expected} for n = {n} points")
+        return _wrap(block, n)
+
+    def _fit(self, summaries, pi) -> None:
+        model = SetValuedClassifier(self.framework, **self.kwargs)
+        if self.summary_kind == "svnone":
+            if self.n_classes is not None:
+                model._set_labels(self.n_classes)
+        elif self.framework == "f_beta":
+            self._fit_fbeta_one_round(model, summaries)
+        else:
+            model.fit_federated([dict(s) for s in summaries if s.n > 0])
+        self.model = model
+        self._fitted = True
+
+    def _fit_fbeta_one_round(self, model: SetValuedClassifier, summaries) -> None:
+        from .tdigest import TDigest, merge_digests
+
+        n_total = sum(s.n for s in summaries)
+        if n_total == 0:
+            raise ValueError(f"{self.name}: summaries hold no calibration points (every client has n = 0)")
+        labels_seen = {int(np.asarray(s["n_labels"])[0]) for s in summaries if s.n > 0}
+        if len(labels_seen) > 1:
+            raise ValueError(f"clients disagree on the number of labels: {sorted(labels_seen)}")
+        model._set_labels(labels_seen.pop())
+        digests = [
+            TDigest(means=np.asarray(s["means"], dtype=np.float64), weights=np.asarray(s["weights"]).astype(np.int64), delta=model.delta)
+            for s in summaries
+            if np.asarray(s["means"]).size
+        ]
+        merged = merge_digests(digests, model.delta) if len(digests) > 1 else digests[0]
+        model.threshold_ = _fbeta_root(
+            np.asarray(merged.means, dtype=np.float64), np.asarray(merged.weights).astype(np.int64), n_total, model.beta
+        )
+        model._fitted = True
+
+    def _check_fitted(self) -> None:
+        if not self._fitted:
+            raise RuntimeError(f"{self.name} is not fitted: call fit() first")
+
+    @property
+    def thresholds(self) -> dict[int, float]:
+        self._check_fitted()
+        t = getattr(self.model, "threshold_", None)
+        return {0: math.nan if t is None else float(t)}
+
+    def thresholds_for(self, features=None, n=None):
+        raise ValueError(f"{self.name} builds sets from probabilities: use predict(..., probs=...)")
+
+    def predict(self, score_matrix=None, features=None, probs=None) -> np.ndarray:
+        self._check_fitted()
+        if probs is None:
+            raise ValueError(f"{self.name} needs the probability rows: predict(..., probs=...)")
+        return self.model.predict(probs)
+
+    def predictor_arrays(self) -> dict[str, np.ndarray]:
+        self._check_fitted()
+        m = self.model
+        nan = math.nan
+
+        def val(x):
+            return nan if x is None else float(x)
+
+        return {
+            "rule": np.array([RULE_SETVALUED], dtype=np.int64),
+            "framework": np.array([FRAMEWORKS.index(self.framework)], dtype=np.int64),
+            "k": np.array([0 if m.k is None else int(m.k)], dtype=np.int64),
+            "params": np.array([val(m.epsilon), val(m.lam), val(m.k_bar), val(m.beta)], dtype=np.float64),
+            "threshold": np.array([val(getattr(m, "threshold_", None))], dtype=np.float64),
+            "temperature": np.array([float(getattr(m, "temperature_", 1.0))], dtype=np.float64),
+            "temperature_scaling": np.array([int(m.temperature_scaling)], dtype=np.int64),
+        }
+
+    def info(self) -> dict:
+        self._check_fitted()
+        m = self.model
+        return {
+            "framework": self.framework,
+            "threshold": getattr(m, "threshold_", None),
+            "temperature": getattr(m, "temperature_", None),
+            **{k: v for k, v in self.kwargs.items() if k != "temperatures"},
+        }
+
+    def predictor(self) -> dict:
+        return _predictor_dict(self)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def _setvalued_from_arrays(arrays: Mapping[str, np.ndarray]) -> SetValuedClassifier:
+    fw_idx = int(np.asarray(arrays["framework"]).reshape(-1)[0])
+    if not 0 <= fw_idx < len(FRAMEWORKS):
+        raise PayloadError(f"framework index {fw_idx} out of range")
+    fw = FRAMEWORKS[fw_idx]
+    eps, lam, k_bar, beta = (float(x) for x in np.asarray(arrays["params"], dtype=np.float64).reshape(-1)[:4])
+    k = int(np.asarray(arrays["k"]).reshape(-1)[0])
+    ts = bool(int(np.asarray(arrays.get("temperature_scaling", [1])).reshape(-1)[0]))
+
+    def opt(x):
+        return None if math.isnan(x) else x
+
+    model = SetValuedClassifier(
+        fw, k=k if k > 0 else None, epsilon=opt(eps), lam=opt(lam), k_bar=opt(k_bar), beta=opt(beta), temperature_scaling=ts
+    )
+    thr = float(np.asarray(arrays["threshold"], dtype=np.float64).reshape(-1)[0])
+    if not math.isnan(thr):
+        model.threshold_ = thr
+    model.temperature_ = float(np.asarray(arrays["temperature"], dtype=np.float64).reshape(-1)[0])
+    model._fitted = True
+    return model
+
+
+def set_mask_from_arrays(
+    arrays: Mapping[str, np.ndarray], score_matrix=None, features=None, groups=None, probs=None
+) -> np.ndarray:
+    """Client side of the evaluation round: the ``(n, L)`` set mask of one method from :func:`predictor_arrays`.
+
+    Rule 0 (no ``rule`` key; every group / marginal method): ``score <= threshold[atom(x)]`` through
+    :func:`~flwr_gcfcp.calibrators.thresholds_from_arrays`. Rule 1 (class-conditional): ``score[:, y] <= q[y]``.
+    Rule 2 (set-valued): the framework's rule on ``probs``.
+    """
+    rule = int(np.asarray(arrays.get("rule", [RULE_ATOMS])).reshape(-1)[0])
+    if rule == RULE_ATOMS:
+        sm = check_scores(score_matrix, name="score_matrix", ndim=2)
+        thr = thresholds_from_arrays(arrays, features, groups, n=sm.shape[0])
+        return sm <= np.asarray(thr, dtype=np.float64)[:, None]
+    if rule == RULE_LABELS:
+        sm = check_scores(score_matrix, name="score_matrix", ndim=2)
+        q = np.asarray(arrays["label_thresholds"], dtype=np.float64).reshape(-1)
+        if q.size != sm.shape[1]:
+            raise PayloadError(f"label_thresholds has {q.size} entries for a score matrix with {sm.shape[1]} labels")
+        return sm <= q[None, :]
+    if rule == RULE_SETVALUED:
+        if probs is None:
+            raise ValueError("a set-valued method needs the probability rows: set_mask_from_arrays(..., probs=...)")
+        return _setvalued_from_arrays(arrays).predict(probs)
+    raise PayloadError(f"unknown predictor rule {rule}")
+
+
+# ------------------------------------------------------------------------------------------------ saved predictor
+FORMAT = "flwr-gcfcp-arrays-predictor/1"
+
+
+def _predictor_dict(cal: Calibrator) -> dict:
+    arrays = cal.predictor_arrays()
+    thr = cal.thresholds
+    return {
+        "format": FORMAT,
+        "method": cal.name,
+        "private": bool(cal.private),
+        "alpha": str(cal.alpha),
+        "thresholds": {str(k): (v if math.isfinite(v) else str(v)) for k, v in thr.items()},
+        "info": _jsonable(cal.info()),
+        "arrays": {k: _jsonable(np.asarray(v).tolist()) for k, v in arrays.items()},
+        "dtypes": {k: str(np.asarray(v).dtype) for k, v in arrays.items()},
+    }
+
+
+def _jsonable(obj):
+    from .metrics import to_jsonable
+
+    return to_jsonable(obj)
+
+
+class ArraysPredictor:
+    """Loads a saved class-conditional / set-valued predictor (``predictor_<NAME>.json``) and builds sets."""
+
+    def __init__(self, method: str, arrays: Mapping[str, np.ndarray]) -> None:
+        self.method = method
+        self.arrays = dict(arrays)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ArraysPredictor":
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a flwr-gcfcp arrays predictor (format {data.get('format')!r}, expected {FORMAT!r})")
+        dtypes = data.get("dtypes", {})
+        arrays = {}
+        for k, v in data["arrays"].items():
+            vals = [float(x) if isinstance(x, str) else x for x in v]
+            arrays[k] = np.asarray(vals, dtype=dtypes.get(k, None))
+        return cls(data["method"], arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ArraysPredictor":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def predict(self, score_matrix=None, features=None, probs=None) -> np.ndarray:
+        return set_mask_from_arrays(self.arrays, score_matrix, features, None, probs=probs)
