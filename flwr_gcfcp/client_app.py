@@ -82,48 +82,47 @@ def calibrate(msg: Message, context: Context) -> Message:
 
     cfg, pid, npart, extra = _setup(msg, context)
     n_clients = int(extra.get("n-clients", npart))
-    model, data = _model_and_data(msg, cfg, pid, npart)
-    probs = task.predict_proba(model, data.x_cal)
-    scores = task.score_fn(cfg).calibration_scores(probs, data.y_cal, rng=task.score_rng(cfg, pid, "cal"))
-    calibrators = task.make_calibrators(cfg, data.n_classes)
+    local = task.local_scores(msg.content.array_records[MODEL_KEY], cfg, pid, npart, "cal")
+    calibrators = task.make_calibrators(cfg, local.n_classes)
     pi_k = cfg.pi_for(pid, npart) if cfg.mixture_weights else 1.0 / n_clients
     payload = client_payload(
-        calibrators, scores, probs, pi_k=pi_k, n_clients=n_clients,
-        labels=data.y_cal, probs=probs, rng=task.score_rng(cfg, pid, "split"),
+        calibrators, local.scores, local.features, pi_k=pi_k, n_clients=n_clients,
+        labels=local.labels, probs=local.probs, rng=task.score_rng(cfg, pid, "split"),
     )
-    meta = MetricRecord(
-        {"num-examples": int(len(data.y_cal)), "partition-id": int(pid), "accuracy": float(np.mean(probs.argmax(1) == data.y_cal))}
-    )
+    meta = _meta(local, pid)
     return Message(content=RecordDict({PAYLOAD_KEY: _pack(payload), META_KEY: meta}), reply_to=msg)
 
 
 @app.query(EVALUATE_ACTION)
 def conformal_evaluate(msg: Message, context: Context) -> Message:
-    """Build prediction sets on the local test data from each method's thresholds; reply with counts."""
+    """Build prediction sets (intervals for regression) on the local test data from each method's thresholds;
+    reply with counts."""
+    from flwr_gcfcp.calibrators import thresholds_from_arrays
     from flwr_gcfcp.classcond_calibrators import set_mask_from_arrays
     from flwr_gcfcp.metrics import evaluation_counts
 
     cfg, pid, npart, extra = _setup(msg, context)
-    model, data = _model_and_data(msg, cfg, pid, npart)
-    probs = task.predict_proba(model, data.x_test)
-    score_matrix = task.score_fn(cfg).score_matrix(probs, rng=task.score_rng(cfg, pid, "test"))
-    groups = task.make_groups(cfg, data.n_classes)
-    membership = groups.membership(probs)
+    local = task.local_scores(msg.content.array_records[MODEL_KEY], cfg, pid, npart, "test")
+    groups = task.make_groups(cfg, local.n_classes)
+    membership = groups.membership(local.features)
     predictor = _unpack(msg.content.array_records[PREDICTOR_KEY])
     names = list(extra.get("method-names", []))
     out: dict[str, np.ndarray] = {}
     for name in names:
         prefix = f"{name}/"
         arrays = {k[len(prefix) :]: v for k, v in predictor.items() if k.startswith(prefix)}
-        # per-atom thresholds, per-label thresholds (class-conditional) or a set-valued rule on the probabilities
-        set_mask = set_mask_from_arrays(arrays, score_matrix, probs, groups, probs=probs)
-        for key, value in evaluation_counts(set_mask, data.y_test, membership).items():
+        if "rule" in arrays:  # per-label thresholds (class-conditional) or a set-valued rule on the probabilities
+            mask = set_mask_from_arrays(arrays, local.scores, local.features, groups, probs=local.probs)
+            counts = evaluation_counts(mask, local.labels, membership)
+        else:
+            counts = task.evaluation_counts(cfg, local, thresholds_from_arrays(arrays, local.features, groups), membership)
+        for key, value in counts.items():
             out[f"{name}/{key}"] = np.asarray(value)
-    meta = MetricRecord(
-        {
-            "num-examples": int(len(data.y_test)),
-            "partition-id": int(pid),
-            "accuracy": float(np.mean(probs.argmax(1) == data.y_test)),
-        }
-    )
-    return Message(content=RecordDict({COUNTS_KEY: _pack(out), META_KEY: meta}), reply_to=msg)
+    return Message(content=RecordDict({COUNTS_KEY: _pack(out), META_KEY: _meta(local, pid)}), reply_to=msg)
+
+
+def _meta(local: task.LocalScores, pid: int) -> MetricRecord:
+    meta: dict[str, Any] = {"num-examples": int(len(local.labels)), "partition-id": int(pid)}
+    if local.accuracy is not None:
+        meta["accuracy"] = float(local.accuracy)
+    return MetricRecord(meta)

@@ -1,4 +1,5 @@
-"""Flower ServerApp: FedAvg training of the small CNN, then GC-FCP / FedCP / split-CP calibration rounds.
+"""Flower ServerApp: FedAvg training of the small CNN (or none: a given model, stored model outputs, the regression
+model), then GC-FCP / FedCP / split-CP calibration rounds.
 
 All settings come from ``[tool.flwr.app.config]`` (override with ``flwr run . --run-config "key=value"``).
 Results go to ``results-dir`` (absolute; default ``<cwd>/results``): results.json, results.md, coverage.png and one
@@ -35,7 +36,7 @@ def build_strategy(cfg: task.AppConfig) -> ConformalStrategy:
         alpha=cfg.alpha,
         deltas=cfg.delta_list(),
         conservative=cfg.conservative,
-        n_classes=task.n_classes_of(cfg.dataset),
+        n_classes=task.n_classes_for(cfg),
         mixture_weights=cfg.mixture_weights or None,
         calibration_timeout=cfg.calibration_timeout,
         min_calibration_clients=cfg.min_calibration_clients,
@@ -43,6 +44,7 @@ def build_strategy(cfg: task.AppConfig) -> ConformalStrategy:
         results_dir=cfg.results_path(),
         plot=cfg.plot,
         run_config=cfg.to_run_config(),
+        set_size_label=task.set_size_label(cfg),
     )
 
 

@@ -179,6 +179,10 @@ class ConformalStrategy(Strategy):
         Reply polling interval used instead of ``HttpGrid``'s fixed 3 s (``None`` keeps Flower's grid as is).
     results_dir : str or Path, optional
         When set, ``start`` writes results.json, results.md, coverage.png and one predictor JSON per method.
+    set_size_label : str
+        What the clients' size counts measure: ``"set size"`` (labels per set) or ``"interval length"``
+        (regression: ``2·threshold``); it names the column in results.md and, for intervals, adds
+        ``marginal_interval_length`` / ``group_interval_length`` to each method in results.json.
     """
 
     def __init__(
@@ -199,6 +203,7 @@ class ConformalStrategy(Strategy):
         plot: bool = True,
         run_config: Mapping[str, Any] | None = None,
         poll_interval: float | None = 0.1,
+        set_size_label: str = "set size",
     ) -> None:
         from flwr_gcfcp.validation import check_alpha, check_delta
 
@@ -231,6 +236,7 @@ class ConformalStrategy(Strategy):
         self.plot = bool(plot)
         self.run_config = dict(run_config or {})
         self.poll_interval = poll_interval
+        self.set_size_label = str(set_size_label)
         if train_strategy is None:
             train_strategy = FedAvg(
                 fraction_train=1.0,
@@ -526,6 +532,9 @@ class ConformalStrategy(Strategy):
             methods_report[name]["frac_undercov"] = _jsonable(frac_undercov(agg["class_coverage"], self.alpha))
             if hasattr(cal, "info"):  # what a class-conditional / set-valued fit chose (clusters, γ, threshold, T)
                 methods_report[name]["fit"] = _jsonable(cal.info())
+            if self.set_size_label == "interval length":
+                methods_report[name]["marginal_interval_length"] = methods_report[name]["marginal_set_size"]
+                methods_report[name]["group_interval_length"] = methods_report[name]["group_set_size"]
         timings["evaluation_s"] = time.perf_counter() - t
 
         result.calibrators = dict(calibrators)
@@ -535,6 +544,7 @@ class ConformalStrategy(Strategy):
             {
                 "alpha": self.alpha,
                 "target_coverage": 1.0 - self.alpha,
+                "set_size_label": self.set_size_label,
                 "groups": {"text": self.groups_text, "names": list(getattr(self.groups, "names", []))},
                 "methods": methods_report,
                 "private": {name: bool(getattr(cal, "private", True)) for name, cal in calibrators.items()},

@@ -28,11 +28,16 @@ def format_table(report: dict[str, Any]) -> str:
     if len(names) != n_groups:
         names = [f"G{g + 1}" for g in range(n_groups)]
     alpha = report.get("alpha")
-    head = ["method", "private", "coverage %", "set size"]
-    head += [f"cov {g} %" for g in names] + [f"size {g}" for g in names]
+    size = str(report.get("set_size_label") or "set size")  # "interval length" for regression (2·threshold)
+    short = "length" if size == "interval length" else "size"
+    head = ["method", "private", "coverage %", size]
+    head += [f"cov {g} %" for g in names] + [f"{short} {g}" for g in names]
     lines = []
     if alpha is not None:
         lines.append(f"Target coverage 1 - alpha = {100 * (1 - float(alpha)):.1f} %")
+        lines.append("")
+    if short == "length":
+        lines.append("Prediction intervals f(x) ± threshold: coverage is |y - f(x)| <= threshold, length is 2·threshold.")
         lines.append("")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join("---" for _ in head) + "|")
@@ -46,7 +51,7 @@ def format_table(report: dict[str, Any]) -> str:
         row += [_fmt(v) for v in m.get("group_coverage", [])]
         row += [_fmt(v, pct=False) for v in m.get("group_set_size", [])]
         lines.append("| " + " | ".join(row) + " |")
-    lines += _class_table(methods)
+    lines += _class_table(methods) if short != "length" else []
     excluded = report.get("excluded_clients", [])
     if excluded:
         lines.append("")
