@@ -44,6 +44,7 @@ from .validation import InsufficientDataWarning, alpha_fraction, check_delta, ch
 
 __all__ = [
     "Calibrator",
+    "DegenerateAtomsWarning",
     "CentralizedGCFCP",
     "CondCP",
     "FedCP",
@@ -366,16 +367,28 @@ class _RegressionCalibrator(Calibrator):
         patterns = keys_to_patterns(uniq, self.groups.n_groups)
         if np.asarray(values).size == 0:
             raise ValueError(f"{self.name}: no calibration scores from any client")
+        _warn_small_atoms(self.name, keys, self.alpha)  # before solving: a degenerate family can be slow
         self._solver = AtomSolver(values, weights, index, patterns, self.alpha, test_weight)
         self._coreset = (values, weights, keys, test_weight)  # kept for the saved predictor
         for key, pat in zip(uniq.tolist(), patterns):
             self._by_key[key] = self._solver.threshold(pat)
-        _warn_small_atoms(self.name, keys, self.alpha)
+
+
+class DegenerateAtomsWarning(UserWarning):
+    """Most calibration points sit in atoms of their own: per-atom thresholds and digests lose their advantage."""
 
 
 def _warn_small_atoms(name: str, keys: np.ndarray, alpha: Fraction) -> None:
     need = math.ceil((1 - alpha) / alpha)
     uniq, counts = np.unique(keys, return_counts=True)
+    if uniq.size >= 50 and uniq.size > keys.size / 4:
+        warnings.warn(
+            f"{name}: {uniq.size} distinct membership patterns for {keys.size} calibration points/clusters: the groups "
+            "split the data into nearly one atom per point (e.g. groups on many independent attributes), so per-atom "
+            "thresholds approach per-point solves and digests compress little; consider fewer or nested groups",
+            DegenerateAtomsWarning,
+            stacklevel=4,
+        )
     small = uniq[counts < need]
     if small.size:
         warnings.warn(

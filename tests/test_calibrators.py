@@ -271,3 +271,18 @@ def test_predictor_rejects_foreign_json(tmp_path):
     (tmp_path / "x.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="not a flwr-gcfcp predictor"):
         Predictor.load(tmp_path / "x.json")
+
+
+def test_many_independent_groups_warn_about_degenerate_atoms():
+    from fractions import Fraction
+
+    from flwr_gcfcp.calibrators import DegenerateAtomsWarning, _warn_small_atoms
+    from flwr_gcfcp.groups import pattern_keys
+
+    rng = np.random.default_rng(14)
+    member = rng.random((600, 12)) < 0.5  # 12 independent attributes: almost one pattern per point
+    with pytest.warns(DegenerateAtomsWarning, match="one atom per point"):
+        _warn_small_atoms("condcp", pattern_keys(member), Fraction(1, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DegenerateAtomsWarning)
+        _warn_small_atoms("condcp", pattern_keys(GROUPS.membership(rng.integers(0, 10, 600))), Fraction(1, 10))
