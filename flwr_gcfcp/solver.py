@@ -602,40 +602,20 @@ def _solve_relation(classes: list[_DirectionClass], rel: list[int]):
     cands, owner, zsrc = cands[order], owner[order], zsrc[order]
     if cands.size == 0:  # every coupled class is unconstrained in y: any μ, try 0
         cands = np.zeros(1)
-    lo_i, hi_i, found = 0, len(cands) - 1, None
-    while lo_i <= hi_i:  # Σ m_D z_D(μ) is non-increasing in μ
-        mid = (lo_i + hi_i) // 2
-        mu = Fraction(float(cands[mid]))
-        lo, hi, ranges = total(mu)
-        if lo is None:
-            return None
-        if lo > 0:
-            lo_i = mid + 1
-        elif hi < 0:
-            hi_i = mid - 1
-        else:
-            found = (mu, ranges)
-            break
+    found, (lo_i, hi_i) = _bisect_mu([Fraction(float(c)) for c in cands] if cands.size < 64 else _LazyFractions(cands), total)
     if found is None and owner.size:
         # the root sits on a jump whose float image missed it: recompute the nearby candidates exactly
         near_mask = np.zeros(cands.size, dtype=bool)
         for pivot in {cands[min(max(i, 0), len(cands) - 1)] for i in (hi_i, lo_i)}:  # the failed bracket's ends
             near_mask |= np.abs(cands - pivot) <= 1e-9 * (1.0 + abs(pivot))
-        near = np.flatnonzero(near_mask)
-        exact = set()
-        for i in near.tolist():
-            cls, m = classes[int(owner[i])], rel[int(owner[i])]
-            for end in cls.y_range(int(zsrc[i])):
-                if end is not None:
-                    exact.add(end / m)
-        for mu in sorted(exact):
-            lo, hi, ranges = total(mu)
-            if lo is not None and lo <= 0 <= hi:
-                found = (mu, ranges)
-                break
-    if found is None:  # still nothing: every candidate exactly (slow, for safety)
-        return _solve_relation_exact(classes, rel, total)
-    mu, ranges = found
+        pairs = [(int(owner[i]), zsrc[i]) for i in np.flatnonzero(near_mask).tolist()]
+        found, _ = _bisect_mu(_exact_candidates(classes, rel, pairs), total)
+    if found is None:  # still nothing: every candidate exactly (slow, kept for safety)
+        pairs = [(ci, z) for ci, (c, m) in enumerate(zip(classes, rel)) if m != 0 for z in c.grid.tolist()]
+        found, _ = _bisect_mu(_exact_candidates(classes, rel, pairs), total)
+    if found is None or found == "infeasible":
+        return None
+    ranges = found
     # choose z's in the ranges with Σ m_D z_D = 0 (exact), then the μ interval compatible with those z's
     zs = _pick_zs(ranges, rel)
     mu_lo, mu_hi = None, None
@@ -652,32 +632,48 @@ def _solve_relation(classes: list[_DirectionClass], rel: list[int]):
     return zs, (mu_lo, mu_hi)
 
 
-def _solve_relation_exact(classes, rel, total):
-    """Slow exact fallback: candidates as exact Fractions (used only when float ordering is ambiguous)."""
-    cands = set()
-    for cls, m in zip(classes, rel):
-        if m == 0:
-            continue
-        for z in cls.grid.tolist():
-            for end in cls.y_range(int(z)):
-                if end is not None:
-                    cands.add(end / m)
-    ordered = sorted(cands)
-    lo_i, hi_i = 0, len(ordered) - 1
+class _LazyFractions:
+    """Sorted float candidates read as exact Fractions on access (a bisection touches only log n of them)."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: int) -> Fraction:
+        return Fraction(float(self.values[i]))
+
+
+def _exact_candidates(classes, rel, pairs) -> list[Fraction]:
+    """Exact μ candidates: the ends of Y_D(z)/m_D for the given (class index, grid z) pairs, sorted."""
+    out = set()
+    for ci, z in pairs:
+        for end in classes[ci].y_range(int(z)):
+            if end is not None:
+                out.add(end / rel[ci])
+    return sorted(out)
+
+
+def _bisect_mu(mus, total):
+    """Bisect sorted μ candidates for 0 ∈ Σ_D m_D Z_D(μ) (non-increasing in μ).
+
+    Returns (z ranges, or "infeasible" when a class without a relation term has no solution, or None) and the final
+    bracket indices.
+    """
+    lo_i, hi_i = 0, len(mus) - 1
     while lo_i <= hi_i:
         mid = (lo_i + hi_i) // 2
-        lo, hi, ranges = total(ordered[mid])
+        lo, hi, ranges = total(mus[mid])
         if lo is None:
-            return None
+            return "infeasible", (lo_i, hi_i)
         if lo > 0:
             lo_i = mid + 1
         elif hi < 0:
             hi_i = mid - 1
         else:
-            zs = _pick_zs(ranges, rel)
-            mu_lo = mu_hi = ordered[mid]
-            return zs, (mu_lo, mu_hi)
-    return None
+            return ranges, (lo_i, hi_i)
+    return None, (lo_i, hi_i)
 
 
 def _pick_zs(ranges, rel) -> list:

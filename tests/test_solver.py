@@ -240,3 +240,28 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         AtomSolver(**args)
+
+
+@pytest.mark.parametrize("shift", [1e-13, 0.37])
+def test_relation_search_fallbacks_give_the_same_thresholds(monkeypatch, shift):
+    """Float candidates that miss the jump (tiny shift) or are useless (large shift) must not change S*."""
+    import flwr_gcfcp.solver as solver_mod
+
+    rng = np.random.default_rng(21)
+    idx = rng.integers(0, 9, 300)
+    scores = np.round(rng.random(300), 3)
+    weights = rng.integers(1, 4, 300)
+    want = AtomSolver(scores, weights, idx, PATHMNIST_PATTERNS, 0.1, 2).thresholds(PATHMNIST_PATTERNS)
+    original_get, original_bisect = solver_mod._LazyFractions.__getitem__, solver_mod._bisect_mu
+    exact_searches = []
+
+    def bisect(mus, total):
+        if not isinstance(mus, solver_mod._LazyFractions):
+            exact_searches.append(len(mus))
+        return original_bisect(mus, total)
+
+    monkeypatch.setattr(solver_mod._LazyFractions, "__getitem__", lambda self, i: original_get(self, i) * (1 + Fraction(shift)))
+    monkeypatch.setattr(solver_mod, "_bisect_mu", bisect)
+    got = AtomSolver(scores, weights, idx, PATHMNIST_PATTERNS, 0.1, 2).thresholds(PATHMNIST_PATTERNS)
+    assert np.array_equal(got, want)
+    assert exact_searches  # the exact fallback searches ran
