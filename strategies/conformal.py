@@ -412,7 +412,7 @@ class ConformalStrategy(Strategy):
 
     def calibrate(self, grid: Grid, result: ConformalResult, timings: dict[str, float] | None = None) -> None:
         """Calibration round + server fit + conformal evaluation round on ``result.arrays``."""
-        from flwr_gcfcp.calibrators import fit_all, predictor_arrays
+        from flwr_gcfcp.calibrators import fit_all, payload_bytes, predictor_arrays
         from flwr_gcfcp.metrics import aggregate_counts, covgap, frac_undercov
 
         timings = {} if timings is None else timings
@@ -530,6 +530,11 @@ class ConformalStrategy(Strategy):
             # per-class coverage is in agg; CovGap / FracUnderCov (Ding et al.) summarise it for every method
             methods_report[name]["covgap"] = _jsonable(covgap(agg["class_coverage"], self.alpha))
             methods_report[name]["frac_undercov"] = _jsonable(frac_undercov(agg["class_coverage"], self.alpha))
+            # what each client sent for this method (its summary block; shared blocks count for every method using them)
+            kind = getattr(cal, "summary_kind", "")
+            sent = [payload_bytes(payloads[c]).get(kind, 0) for c in used if c in payloads]
+            methods_report[name]["bytes_per_client"] = _jsonable(float(np.mean(sent)) if sent else 0.0)
+            methods_report[name]["fit_ms"] = _jsonable(1000 * (getattr(cal, "fit_seconds", None) or 0.0))
             if hasattr(cal, "info"):  # what a class-conditional / set-valued fit chose (clusters, γ, threshold, T)
                 methods_report[name]["fit"] = _jsonable(cal.info())
             if self.set_size_label == "interval length":
