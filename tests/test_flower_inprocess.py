@@ -58,9 +58,8 @@ def test_default_run_with_failing_silent_and_malformed_clients(tmp_path):
     assert "malformed" in reasons[str(ids[3])]
     assert sorted(c["client"] for c in report["calibration_clients"]) == sorted([str(ids[0]), str(ids[4])])
     assert set(report["methods"]) == {"split_cp", "fedcp", "gcfcp_delta250"}
-    # bytes each client sent for the method: raw scores are 16 bytes a point; digests carry keys, means, weights, counts
+    # bytes each client sent for the method (its summary block)
     assert all(report["methods"][m]["bytes_per_client"] > 0 for m in report["methods"])
-    assert report["methods"]["split_cp"]["bytes_per_client"] % 16 == 0
     assert report["private"] == {"split_cp": False, "fedcp": True, "gcfcp_delta250": True}
     for name, m in report["methods"].items():
         assert 0.0 <= m["marginal_coverage"] <= 1.0
