@@ -197,24 +197,9 @@ def run_monte_carlo(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 thr = np.asarray(fn(draw, groups, alpha, pi_vec, rng), dtype=float)
-            mask = draw.test_score_matrix <= thr[:, None]
             t_fit = time.perf_counter() - t0
-            counts = {
-                cid: metrics_mod.evaluation_counts(mask[idx], draw.test_labels[idx], membership[idx])
-                for cid, idx in eval_parts.items()
-            }
-            agg = metrics_mod.aggregate_counts(counts, eval_pi)
-            rec = runs.setdefault(name, {})
-            rec.setdefault("marginal_coverage", []).append(float(agg["marginal_coverage"]))
-            rec.setdefault("marginal_set_size", []).append(float(agg["marginal_set_size"]))
-            rec.setdefault("group_coverage", []).append(np.asarray(agg["group_coverage"], dtype=float))
-            rec.setdefault("group_set_size", []).append(np.asarray(agg["group_set_size"], dtype=float))
-            rec.setdefault("bytes_per_client", []).append(float("nan"))
-            rec.setdefault("client_time_s", []).append(float("nan"))
-            rec.setdefault("fit_time_s", []).append(t_fit)
-            rec.setdefault("predict_time_s", []).append(float("nan"))
-            rec.setdefault("finite_threshold_fraction", []).append(float(np.mean(np.isfinite(thr))))
-            rec.setdefault("group_mean_threshold", []).append(_group_means(thr, membership))
+            _record(runs.setdefault(name, {}), metrics_mod, draw, thr, membership, eval_parts, eval_pi,
+                    nbytes=float("nan"), client_s=float("nan"), fit_s=t_fit, predict_s=float("nan"))
         if r == mc - 1 and keep_last:
             last_draw = draw
     return MCResult(method_names, group_names, float(alpha), runs, last_cals, last_draw, excluded)
@@ -256,6 +241,29 @@ def groupwise_random_thresholds(draw: Draw, groups, alpha, pi_vec, rng: np.rando
     return q[pick]
 
 
+def _record(rec: dict, metrics_mod, draw, thr, membership, eval_parts, eval_pi, *, nbytes, client_s, fit_s, predict_s) -> None:
+    """Evaluate the sets ``score <= thr`` on each client's test points, aggregate with π, append to ``rec``."""
+    mask = draw.test_score_matrix <= thr[:, None]
+    counts = {
+        cid: metrics_mod.evaluation_counts(mask[idx], draw.test_labels[idx], membership[idx])
+        for cid, idx in eval_parts.items()
+    }
+    agg = metrics_mod.aggregate_counts(counts, eval_pi)
+    for key, value in (
+        ("marginal_coverage", float(agg["marginal_coverage"])),
+        ("marginal_set_size", float(agg["marginal_set_size"])),
+        ("group_coverage", np.asarray(agg["group_coverage"], dtype=float)),
+        ("group_set_size", np.asarray(agg["group_set_size"], dtype=float)),
+        ("bytes_per_client", nbytes),
+        ("client_time_s", client_s),
+        ("fit_time_s", fit_s),
+        ("predict_time_s", predict_s),
+        ("finite_threshold_fraction", float(np.mean(np.isfinite(thr)))),
+        ("group_mean_threshold", _group_means(thr, membership)),
+    ):
+        rec.setdefault(key, []).append(value)
+
+
 def _group_means(values: np.ndarray, membership: np.ndarray) -> np.ndarray:
     """Mean of ``values`` over the test points of each group (nan for an empty group; inf stays inf)."""
     counts = membership.sum(axis=0)
@@ -289,24 +297,11 @@ def _run_method(calibrators_mod, metrics_mod, name, cal, draw, present, client_i
     fitted = report.calibrators[name] if hasattr(report, "calibrators") else cal
     t0 = time.perf_counter()
     thr = np.asarray(fitted.thresholds_for(draw.test_features), dtype=float)
-    mask = draw.test_score_matrix <= thr[:, None]
-    t_pred = time.perf_counter() - t0
-    counts = {
-        cid: metrics_mod.evaluation_counts(mask[idx], draw.test_labels[idx], membership[idx])
-        for cid, idx in eval_parts.items()
-    }
-    agg = metrics_mod.aggregate_counts(counts, eval_pi)
+    t_pred = time.perf_counter() - t0  # per-point thresholds; the comparison in _record is microseconds
     rec = runs.setdefault(name, {})
-    rec.setdefault("marginal_coverage", []).append(float(agg["marginal_coverage"]))
-    rec.setdefault("marginal_set_size", []).append(float(agg["marginal_set_size"]))
-    rec.setdefault("group_coverage", []).append(np.asarray(agg["group_coverage"], dtype=float))
-    rec.setdefault("group_set_size", []).append(np.asarray(agg["group_set_size"], dtype=float))
-    rec.setdefault("bytes_per_client", []).append(float(np.mean(nbytes)) if nbytes else 0.0)
-    rec.setdefault("client_time_s", []).append(t_client / max(len(present), 1))
-    rec.setdefault("fit_time_s", []).append(t_fit)
-    rec.setdefault("predict_time_s", []).append(t_pred)
-    rec.setdefault("finite_threshold_fraction", []).append(float(np.mean(np.isfinite(thr))))
-    rec.setdefault("group_mean_threshold", []).append(_group_means(thr, membership))
+    _record(rec, metrics_mod, draw, thr, membership, eval_parts, eval_pi,
+            nbytes=float(np.mean(nbytes)) if nbytes else 0.0, client_s=t_client / max(len(present), 1),
+            fit_s=t_fit, predict_s=t_pred)
     rec["_fitted"] = fitted
     return rec
 
