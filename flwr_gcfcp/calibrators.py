@@ -164,11 +164,18 @@ class Calibrator:
         return vals[inverse]
 
     def thresholds_for(self, features: object, n: int | None = None) -> np.ndarray:
-        """Per-point thresholds for the points described by ``features``."""
-        if self._constant is not None and self.groups is None:
-            return np.full(int(n if n is not None else len(features)), self._constant)
-        keys = pattern_keys(self.groups.membership(features)) if self.groups is not None else np.zeros(int(n), dtype=np.int64)
-        return self.threshold_for_keys(keys)
+        """Per-point thresholds for the points described by ``features`` (``n`` points when there are no groups)."""
+        if self.groups is None:
+            if n is None and features is None:
+                raise ValueError(f"{self.name}: give n (the number of points) or features")
+            count = int(n if n is not None else len(features))
+            return self.threshold_for_keys(np.zeros(count, dtype=np.int64))
+        if features is None:
+            raise ValueError(f"{self.name}: features are needed to place points in groups ({self.groups.to_text()!r})")
+        thr = self.threshold_for_keys(pattern_keys(self.groups.membership(features)))
+        if n is not None and thr.shape[0] != n:
+            raise ValueError(f"features describe {thr.shape[0]} points but score_matrix has {n} rows")
+        return thr
 
     def predict(self, score_matrix: np.ndarray, features: object = None, probs: object = None) -> np.ndarray:
         """Boolean (n, L) prediction-set mask ``score <= threshold`` (``probs`` is used by set-valued methods only)."""
@@ -261,6 +268,9 @@ def _union(digests: Sequence[TDigest]) -> TDigest:
     weights = np.concatenate([d.weights.astype(object) for d in digests])
     order = np.argsort(means, kind="stable")
     return TDigest(means=means[order], weights=weights[order], delta=min(d.delta for d in digests))
+
+
+_PI_UPPER = Fraction(314159265358979324, 10**17)  # > π
 
 
 def _lam(pi_k: float | None, n_clients: int | None, n: int) -> float:
@@ -444,13 +454,14 @@ class GCFCP(_RegressionCalibrator):
         self.merge = merge
         self.nominal_alpha = self.alpha
         if conservative:
-            corrected = float(self.alpha) - math.pi / self.delta
+            # α' = α - π/δ, rounded down on a 1e-12 grid with an upper bound of π, so the level is never lower
+            corrected = self.alpha - _PI_UPPER / Fraction(repr(self.delta))
             if corrected <= 0:
                 raise ValueError(
                     f"conservative GC-FCP needs alpha > pi/delta; got alpha={float(self.alpha)}, delta={self.delta:g} "
                     f"(pi/delta = {math.pi / self.delta:.4f})"
                 )
-            self.alpha = alpha_fraction(float(f"{corrected:.12g}"))
+            self.alpha = Fraction(math.floor(corrected * 10**12), 10**12)
         self.summary_kind = f"digest{self.delta:g}"
         self.name = f"gcfcp_delta{self.delta:g}" + ("_conservative" if conservative else "")
 
@@ -476,7 +487,7 @@ class GCFCP(_RegressionCalibrator):
 
 
 # ---------------------------------------------------------------------- the multi-method round
-METHODS = ("split_cp", "fedcp", "fedcp_qq", "mondrian", "condcp", "centralized_gcfcp", "gcfcp")
+METHODS = ("split_cp", "fedcp", "fedcp_raw", "fedcp_qq", "mondrian", "condcp", "centralized_gcfcp", "gcfcp")
 
 
 def make_calibrators(

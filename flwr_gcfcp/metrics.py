@@ -68,9 +68,13 @@ def aggregate_counts(counts_by_client: Mapping[str, Mapping[str, np.ndarray]], p
     clients = [c for c, v in counts_by_client.items() if int(np.asarray(v["n"])[0]) > 0]
     if not clients:
         raise ValueError("no client reported any evaluation point")
+    if pi is not None:
+        missing = [c for c in clients if c not in pi]
+        if missing:
+            raise ValueError(f"pi has no weight for clients {missing}")
     weights = np.array([1.0 if pi is None else float(pi[c]) for c in clients])
-    if np.any(weights < 0) or weights.sum() <= 0:
-        raise ValueError(f"pi must be >= 0 and not all zero, got {weights.tolist()}")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(f"pi must be finite, >= 0 and not all zero, got {dict(zip(clients, weights.tolist()))}")
     weights = weights / weights.sum()
 
     def mix(field: str) -> np.ndarray:

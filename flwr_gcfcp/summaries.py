@@ -1,8 +1,9 @@
 """What a client sends in a calibration round, as flat numpy arrays, and the server-side validation.
 
 * :class:`DigestSummary` — per-atom T-digests at one δ (GC-FCP), or one digest of all scores (FedCP). Clusters
-  are sent as the paper writes them, ``(mean, weight)`` with ``weight = count · λ_k``, plus the integer counts;
-  the server checks that the two agree with ``λ_k = π_k / (n_k + 1)`` and then works with the exact counts.
+  are sent as the paper writes them, ``(mean, weight)`` with ``weight = count · λ_k``, plus the integer counts and
+  the client's λ_k; the server checks that weights, counts and λ_k agree, then recomputes λ_k = π_k / (n_k + 1) from
+  its own (renormalised) π and works with the exact counts.
 * :class:`RawSummary` — raw scores and atom keys. Not private: only the centralized baselines use it.
 * :class:`QQSummary` — the few top order statistics FedCP-QQ needs.
 

@@ -159,3 +159,11 @@ def test_all_methods_share_one_calibration_round_with_mixture_weights(tmp_path):
     private = result.report["private"]
     assert private["condcp"] is False and private["centralized_gcfcp"] is False and private["gcfcp_delta25"] is True
     assert not result.report["excluded_clients"]
+    # π reaches the fit: the same run with uniform weights changes the λ-weighted methods, not unweighted CondCP
+    uniform_cfg = _cfg(
+        tmp_path / "u",
+        **{"num-server-rounds": 0, "methods": "condcp,centralized_gcfcp,gcfcp", "deltas": "25,250", "mixture-weights": ""},
+    )
+    uniform = server_app.run(InProcessGrid(client_app, 5), uniform_cfg)
+    assert uniform.calibrators["condcp"].thresholds == result.calibrators["condcp"].thresholds
+    assert uniform.calibrators["centralized_gcfcp"].thresholds != result.calibrators["centralized_gcfcp"].thresholds

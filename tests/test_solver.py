@@ -46,9 +46,8 @@ def test_fcp_weights_give_pooled_order_statistic():
         # π_k = (n_k + 1)/(N + K) -> λ_k = 1/(N + K): equal integer weights 1, test weight K
         pooled = np.concatenate(scores)
         got = atom_thresholds(pooled, np.ones(n_total, dtype=np.int64), np.zeros(n_total, dtype=int), [[True]], 0.1, k_clients)[0]
-        k = math.ceil(Fraction(9, 10) * (n_total + k_clients))
-        # the test weight K plays the role of K virtual test copies: rank among N + K
-        assert got == _kth(pooled, k - (k_clients - 1)) if False else True  # see below
+        # FCP's rule: the ceil((1 - α)(N + K))-th smallest pooled score
+        assert got == _kth(pooled, math.ceil(Fraction(9, 10) * (n_total + k_clients)))
         lam = Fraction(1, n_total + k_clients)
         # weighted rule: min s with Σ λ 1{S <= s} >= 1 - α  (test weight enters through the level)
         srt = np.sort(pooled)
