@@ -50,6 +50,9 @@ clustered, every point for standard)
 
     P(s(X, Y) <= q)  >=  (k - εW)/(W + 1)  >=  1 - α - ε  >=  1 - α - π/δ.
 
+The server recompression of a merge can add its own error (this repository proves ``2 sin(π/δ)`` for a merged
+digest, :func:`flwr_gcfcp.tdigest.merge_digests`), so the federated fit with ``conservative=True`` pools the client
+digests without recompressing them: a pool is a convex combination of single digests, each within ``sin(π/δ)``.
 ``conservative=True`` reads the threshold at rank ``k + ⌈εW⌉`` instead (``+inf`` when this exceeds ``W``; no
 correction for a pool whose centroids all have weight 1, since those are the exact scores), which
 restores ``P(s(X, Y) <= q) >= k/(W + 1) >= 1 - α`` exactly (it is at least as strong as asking for level
@@ -674,7 +677,8 @@ class FederatedClassConditionalCP(ClassConditionalCP):
                     vals.append(np.empty(0))
                     wts.append(np.empty(0, dtype=np.int64))
                     continue
-                if self.merge and len(pieces) > 1:
+                # the conservative rank correction needs the single-digest bound sin(π/δ): pool without recompression
+                if self.merge and not self.conservative and len(pieces) > 1:
                     d = merge_digests([TDigest(means=m, weights=w, delta=self.delta) for m, w in pieces], self.delta)
                     v, w = np.asarray(d.means, dtype=np.float64), np.asarray(d.weights).astype(np.int64)
                 else:

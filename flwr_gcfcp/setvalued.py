@@ -688,7 +688,18 @@ class SetValuedClassifier:
                 digests.append(TDigest(means=m, weights=w.astype(np.int64), delta=self.delta))
         if not digests:
             raise ValueError("summaries hold no values")
-        merged = merge_digests(digests, self.delta) if len(digests) > 1 else digests[0]
+        if len(digests) == 1:
+            merged = digests[0]
+        elif self.conservative and fw == "average_error":
+            # the π/δ correction needs the single-digest bound: pool the client digests without recompressing them
+            merged = TDigest(
+                means=np.concatenate([d.means for d in digests]), weights=np.concatenate([d.weights for d in digests]),
+                delta=self.delta,
+            )
+            order = np.argsort(merged.means, kind="stable")
+            merged = TDigest(means=merged.means[order], weights=merged.weights[order], delta=self.delta)
+        else:
+            merged = merge_digests(digests, self.delta)
         mv, mw = np.asarray(merged.means, dtype=np.float64), np.asarray(merged.weights).astype(np.int64)
         if fw == "average_size":
             self.threshold_ = _tail_threshold(mv, mw, _size_m(self.k_bar, n_total))
