@@ -44,6 +44,17 @@ LEGEND = (
 )
 
 
+
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    plt = _plt()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
 def display_name(method: str) -> str:
     if method in _NAMES:
         return _NAMES[method]
@@ -219,12 +230,7 @@ def plot_group_coverage(
         ax.set_ylim(max(0.0, min(lo, 1 - alpha) - 0.05), 1.0)
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_alpha_sweep(
@@ -312,12 +318,7 @@ def plot_delta_ablation(summary: Mapping[str, Mapping], group_names: Sequence[st
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_regression_intervals(
@@ -346,12 +347,7 @@ def plot_regression_intervals(
     ax.set_ylabel("y")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_group_miscoverage(summary, group_names, alpha, path, title: str = "") -> Path:

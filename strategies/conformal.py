@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
@@ -95,6 +95,13 @@ def _unpack(record: ArrayRecord, prefix: str = "") -> dict[str, np.ndarray]:
         if key.startswith(prefix):
             out[key[len(prefix) :]] = value.numpy()
     return out
+
+
+def _reply_parts(reply: Message, key: str) -> tuple[dict[str, np.ndarray], MetricRecord, int | None]:
+    """The arrays under ``key``, the client's meta record and its partition id (None when not sent)."""
+    meta = reply.content.metric_records.get(META_KEY, MetricRecord())
+    pid = int(meta["partition-id"]) if "partition-id" in meta else None
+    return _unpack(reply.content.array_records[key]), meta, pid
 
 
 def _error_reason(msg: Message) -> str:
@@ -440,9 +447,7 @@ class ConformalStrategy(Strategy):
         for nid, reply in ok.items():
             cid = str(nid)
             try:
-                payload = _unpack(reply.content.array_records[PAYLOAD_KEY])
-                meta = reply.content.metric_records.get(META_KEY, MetricRecord())
-                pid = int(meta["partition-id"]) if "partition-id" in meta else None
+                payload, meta, pid = _reply_parts(reply, PAYLOAD_KEY)
                 pi[cid] = self._pi_of(pid, n_clients)
             except Exception as exc:  # malformed reply structure: exclude, do not crash
                 reason = f"malformed reply: {type(exc).__name__}: {exc}"
@@ -501,9 +506,7 @@ class ConformalStrategy(Strategy):
         for nid, reply in ok_e.items():
             cid = str(nid)
             try:
-                flat = _unpack(reply.content.array_records[COUNTS_KEY])
-                meta = reply.content.metric_records.get(META_KEY, MetricRecord())
-                pid = int(meta["partition-id"]) if "partition-id" in meta else None
+                flat, _, pid = _reply_parts(reply, COUNTS_KEY)
                 per_method: dict[str, dict[str, np.ndarray]] = {}
                 for name in calibrators:
                     prefix = f"{name}/"
