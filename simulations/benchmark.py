@@ -164,7 +164,7 @@ def synthetic_outputs(n: int = 10000, n_labels: int = N_LABELS, seed: int = 0) -
 def load_outputs(data_dir: Path | None, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     path = Path(data_dir if data_dir is not None else default_data_dir()) / DATA_FILE
     if path.is_file():
-        from flwr_gcfcp.data import load_model_outputs
+        from flwr_gcfcp.app.datasets import load_model_outputs
 
         probs, labels = load_model_outputs(path)
         return probs, labels, f"real: {path}"
@@ -239,7 +239,7 @@ def _condconf_worker(inp: str, outp: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- digests
 def digest_benchmark(n: int, seed: int, repeats: int) -> dict:
-    from flwr_gcfcp.tdigest import build_digest
+    from flwr_gcfcp.core.tdigest import build_digest
 
     rng = np.random.default_rng([seed, 1])
     x = rng.random(n)
@@ -290,12 +290,12 @@ def run_benchmark(
     condconf_python: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    from flwr_gcfcp.calibrators import CentralizedGCFCP, CondCP, GCFCP
-    from flwr_gcfcp.groups import parse_groups, pattern_keys
-    from flwr_gcfcp.quantiles import client_lambdas
-    from flwr_gcfcp import reference
-    from flwr_gcfcp.reference import appd_threshold
-    from flwr_gcfcp.scores import LACScore
+    from flwr_gcfcp.methods import CentralizedGCFCP, CondCP, GCFCP
+    from flwr_gcfcp.core.groups import parse_groups, pattern_keys
+    from flwr_gcfcp.core.quantiles import client_lambdas
+    from flwr_gcfcp.core import reference
+    from flwr_gcfcp.core.reference import appd_threshold
+    from flwr_gcfcp.core.scores import LACScore
 
     probs, labels, source = load_outputs(data_dir, seed)
     n_all = probs.shape[0]

@@ -26,11 +26,11 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from flwr_gcfcp.classcond import ClassConditionalCP, FederatedClassConditionalCP, clustering_heuristic, fit_federated_in_process
-from flwr_gcfcp.scores import make_score
-from flwr_gcfcp.setvalued import SetValuedClassifier
-from flwr_gcfcp.setvalued import fit_federated_in_process as fit_setvalued_federated
-from flwr_gcfcp.validation import InsufficientDataWarning, check_alpha, check_labels, check_probabilities
+from flwr_gcfcp.methods.classcond import ClassConditionalCP, FederatedClassConditionalCP, clustering_heuristic, fit_federated_in_process
+from flwr_gcfcp.core.scores import make_score
+from flwr_gcfcp.methods.setvalued import SetValuedClassifier
+from flwr_gcfcp.methods.setvalued import fit_federated_in_process as fit_setvalued_federated
+from flwr_gcfcp.core.validation import InsufficientDataWarning, check_alpha, check_labels, check_probabilities
 
 __all__ = [
     "CLASS_CONDITIONAL_METHODS",
@@ -71,7 +71,7 @@ def class_metrics(mask: np.ndarray, labels: np.ndarray, n_classes: int, alpha: f
 
 def dirichlet_clients(labels: np.ndarray, n_clients: int, concentration: float, seed: int) -> np.ndarray:
     """Client index of each point from flwr-datasets' DirichletPartitioner (label skew), via ``data.dirichlet_partition``."""
-    from flwr_gcfcp.data import arrays_to_dataset, dirichlet_partition
+    from flwr_gcfcp.app.datasets import arrays_to_dataset, dirichlet_partition
 
     n = labels.size
     ds = arrays_to_dataset(np.arange(n, dtype=np.float32)[:, None], labels, n_classes=int(labels.max()) + 1)

@@ -2,10 +2,10 @@
 
 Every draw is calibrated with exactly the functions the Flower apps call:
 
-* client side: :func:`flwr_gcfcp.calibrators.client_payload` (one call per client, the client's scores and features),
-* server side: :func:`flwr_gcfcp.calibrators.fit_all` (payloads keyed by client id, mixture weights π),
-* evaluation: per-client :func:`flwr_gcfcp.metrics.evaluation_counts`, combined by
-  :func:`flwr_gcfcp.metrics.aggregate_counts` with the mixture weights (the federated evaluation round).
+* client side: :func:`flwr_gcfcp.methods.client_payload` (one call per client, the client's scores and features),
+* server side: :func:`flwr_gcfcp.methods.fit_all` (payloads keyed by client id, mixture weights π),
+* evaluation: per-client :func:`flwr_gcfcp.core.metrics.evaluation_counts`, combined by
+  :func:`flwr_gcfcp.core.metrics.aggregate_counts` with the mixture weights (the federated evaluation round).
 
 A prediction is one comparison per (point, label): ``score_matrix <= threshold[:, None]``. Thresholds come from
 ``Calibrator.thresholds_for``, which evaluates the per-atom thresholds the exact solver computed once.
@@ -86,7 +86,8 @@ def payload_nbytes(payload: Mapping[str, np.ndarray]) -> int:
 
 
 def _core():
-    from flwr_gcfcp import calibrators, metrics  # noqa: WPS433 (imported late: the core may land after this file)
+    import flwr_gcfcp.methods as calibrators
+    from flwr_gcfcp.core import metrics  # noqa: WPS433 (imported late: the core may land after this file)
 
     return calibrators, metrics
 
@@ -119,7 +120,7 @@ def run_monte_carlo(
     ----------
     draw_fn : callable(rng) -> Draw
         Produces one calibration / test draw from a ``numpy.random.Generator``.
-    groups : flwr_gcfcp.groups.GroupSpec
+    groups : flwr_gcfcp.core.groups.GroupSpec
     methods : method names for :func:`make_calibrators` (``"gcfcp"`` expands per δ).
     alpha : float
     mc : int
@@ -216,7 +217,7 @@ def groupwise_random_thresholds(draw: Draw, groups, alpha, pi_vec, rng: np.rando
     """
     from fractions import Fraction
 
-    from flwr_gcfcp.quantiles import client_lambdas, weighted_conformal_threshold
+    from flwr_gcfcp.core.quantiles import client_lambdas, weighted_conformal_threshold
 
     cal_m = np.asarray(groups.membership(draw.cal_features), dtype=bool)
     test_m = np.asarray(groups.membership(draw.test_features), dtype=bool)

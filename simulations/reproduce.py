@@ -121,13 +121,13 @@ def _data_file(data_dir: Path, rel: str, experiment: str) -> Path:
 
 def load_outputs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and labels from an npz with ``labels`` and one of ``logits`` / ``probs`` / ``log_probs``."""
-    from flwr_gcfcp.data import load_model_outputs
+    from flwr_gcfcp.app.datasets import load_model_outputs
 
     return load_model_outputs(path)
 
 
 def _score_matrix(probs: np.ndarray, score: str = "softmax", seed: int = 0) -> np.ndarray:
-    from flwr_gcfcp.scores import make_score
+    from flwr_gcfcp.core.scores import make_score
 
     kwargs = {"seed": seed} if score in ("aps", "raps") else {}
     fn = make_score(score, **kwargs)
@@ -177,7 +177,7 @@ def _features_for(groups_text: str, probs: np.ndarray) -> np.ndarray:
 
 
 def _write_json(payload: dict, path: Path) -> Path:
-    from flwr_gcfcp.metrics import to_jsonable
+    from flwr_gcfcp.core.metrics import to_jsonable
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n")
@@ -208,7 +208,7 @@ def run_classification(
     mixture_eval: bool = True,
     fedcp_delta: float | None = 250.0,
 ) -> tuple[dict, list[str], Any]:
-    from flwr_gcfcp.groups import parse_groups
+    from flwr_gcfcp.core.groups import parse_groups
 
     n_labels = probs.shape[1]
     groups = parse_groups(groups_text, n_labels=n_labels)
@@ -314,7 +314,7 @@ def exp_label_table(experiment: str, dataset: str, args, command: str) -> dict:
 
 # --------------------------------------------------------------------------------------------------- regression
 def exp_regression(args, command: str) -> dict:
-    from flwr_gcfcp.groups import parse_groups
+    from flwr_gcfcp.core.groups import parse_groups
     from simulations.regression import RegressionSetting, regression_draw_fn
 
     setting = RegressionSetting()
@@ -402,7 +402,7 @@ def table5_draw_fn(smat, labels, probs, owner, n_cal, n_target_cal, n_test, n_cl
 
 
 def exp_table5(args, command: str) -> dict:
-    from flwr_gcfcp.groups import parse_groups
+    from flwr_gcfcp.core.groups import parse_groups
 
     path = _data_file(args.data_dir, CIFAR10_LOGITS, "cifar10-table5")
     probs, labels = load_outputs(path)
@@ -664,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, choices=["cifar10", "pathmnist", "both"],
                    help="alpha-sweep (default both) and delta-ablation (default cifar10)")
     p.add_argument("--logits", default=None, help="scores: npz with labels and logits / probs / log_probs")
-    p.add_argument("--groups", default=None, help="scores / table5: group text (flwr_gcfcp.groups.parse_groups)")
+    p.add_argument("--groups", default=None, help="scores / table5: group text (flwr_gcfcp.core.groups.parse_groups)")
     p.add_argument("--client-classes", default=None, help='scores: e.g. "0,1;2,3;4,5;6,7;8,9"')
     p.add_argument("--n-cal", type=int, default=None, help="scores: calibration points per split (default half)")
     p.add_argument("--score", default="softmax", help="scores: softmax | lac | aps | raps")

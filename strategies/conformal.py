@@ -212,7 +212,7 @@ class ConformalStrategy(Strategy):
         poll_interval: float | None = 0.1,
         set_size_label: str = "set size",
     ) -> None:
-        from flwr_gcfcp.validation import check_alpha, check_delta
+        from flwr_gcfcp.core.validation import check_alpha, check_delta
 
         if isinstance(methods, str):
             methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -257,7 +257,7 @@ class ConformalStrategy(Strategy):
 
     # ------------------------------------------------------------------ helpers
     def _parse_groups(self, groups: Any):
-        from flwr_gcfcp.groups import parse_groups
+        from flwr_gcfcp.core.groups import parse_groups
 
         if isinstance(groups, str):
             return parse_groups(groups, n_labels=self.n_classes)
@@ -266,7 +266,7 @@ class ConformalStrategy(Strategy):
         return groups
 
     def _make_calibrators(self) -> dict[str, Any]:
-        from flwr_gcfcp.calibrators import make_calibrators
+        from flwr_gcfcp.methods import make_calibrators
 
         return make_calibrators(
             self.methods, self.groups, self.alpha, deltas=self.deltas, conservative=self.conservative,
@@ -410,7 +410,7 @@ class ConformalStrategy(Strategy):
         timings["total_s"] = time.perf_counter() - t0
         result.report["timings"] = timings
         if self.results_dir is not None:
-            from strategies.reporting import write_results
+            from flwr_gcfcp.flower.reporting import write_results
 
             files = write_results(result, self.results_dir, alpha=self.alpha, plot=self.plot)
             result.report["files"] = files
@@ -419,8 +419,8 @@ class ConformalStrategy(Strategy):
 
     def calibrate(self, grid: Grid, result: ConformalResult, timings: dict[str, float] | None = None) -> None:
         """Calibration round + server fit + conformal evaluation round on ``result.arrays``."""
-        from flwr_gcfcp.calibrators import fit_all, payload_bytes, predictor_arrays
-        from flwr_gcfcp.metrics import aggregate_counts, covgap, frac_undercov
+        from flwr_gcfcp.methods import fit_all, payload_bytes, predictor_arrays
+        from flwr_gcfcp.core.metrics import aggregate_counts, covgap, frac_undercov
 
         timings = {} if timings is None else timings
         model = result.arrays
@@ -564,7 +564,7 @@ class ConformalStrategy(Strategy):
                 "config": _jsonable(self.run_config) if self.run_config else _jsonable(dict(cfg)),
             }
         )
-        from strategies.reporting import format_table
+        from flwr_gcfcp.flower.reporting import format_table
 
         for line in io.StringIO(format_table(result.report)):
             log(INFO, "%s", line.rstrip("\n"))
@@ -572,7 +572,7 @@ class ConformalStrategy(Strategy):
 
 def _jsonable(obj: Any) -> Any:
     try:
-        from flwr_gcfcp.metrics import to_jsonable
+        from flwr_gcfcp.core.metrics import to_jsonable
 
         return to_jsonable(obj)
     except ImportError:  # pragma: no cover - metrics.py always present in a full install

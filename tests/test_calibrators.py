@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from flwr_gcfcp.calibrators import (
+from flwr_gcfcp.methods import (
     GCFCP,
     CentralizedGCFCP,
     CondCP,
@@ -24,9 +24,9 @@ from flwr_gcfcp.calibrators import (
     predictor_arrays,
     thresholds_from_arrays,
 )
-from flwr_gcfcp.groups import parse_groups
-from flwr_gcfcp.metrics import aggregate_counts, coverage_report, covgap, evaluation_counts, frac_undercov
-from flwr_gcfcp.quantiles import conformal_rank
+from flwr_gcfcp.core.groups import parse_groups
+from flwr_gcfcp.core.metrics import aggregate_counts, coverage_report, covgap, evaluation_counts, frac_undercov
+from flwr_gcfcp.core.quantiles import conformal_rank
 
 GROUPS = parse_groups("0-3;2-5;4-7;6-9", n_labels=10)
 
@@ -246,8 +246,8 @@ def test_too_few_points_gives_full_set_with_warning():
 
 
 def test_saved_predictor_builds_the_same_sets_and_solves_unseen_patterns(tmp_path):
-    from flwr_gcfcp.groups import MatrixGroups
-    from flwr_gcfcp.predictor import Predictor
+    from flwr_gcfcp.core.groups import MatrixGroups
+    from flwr_gcfcp.core.predictor import Predictor
 
     rng = np.random.default_rng(13)
     clients = synthetic_clients(rng)
@@ -271,7 +271,7 @@ def test_saved_predictor_builds_the_same_sets_and_solves_unseen_patterns(tmp_pat
 
 
 def test_predictor_rejects_foreign_json(tmp_path):
-    from flwr_gcfcp.predictor import Predictor
+    from flwr_gcfcp.core.predictor import Predictor
 
     (tmp_path / "x.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="not a flwr-gcfcp predictor"):
@@ -281,8 +281,8 @@ def test_predictor_rejects_foreign_json(tmp_path):
 def test_many_independent_groups_warn_about_degenerate_atoms():
     from fractions import Fraction
 
-    from flwr_gcfcp.calibrators import DegenerateAtomsWarning, _warn_small_atoms
-    from flwr_gcfcp.groups import pattern_keys
+    from flwr_gcfcp.methods.group import DegenerateAtomsWarning, _warn_small_atoms
+    from flwr_gcfcp.core.groups import pattern_keys
 
     rng = np.random.default_rng(14)
     member = rng.random((600, 12)) < 0.5  # 12 independent attributes: almost one pattern per point

@@ -7,15 +7,15 @@ import warnings
 import numpy as np
 import pytest
 
-from flwr_gcfcp.classcond import (
+from flwr_gcfcp.methods.classcond import (
     ClassConditionalCP,
     FederatedClassConditionalCP,
     clustering_heuristic,
     fit_federated_in_process,
     min_points,
 )
-from flwr_gcfcp.quantiles import split_conformal_threshold
-from flwr_gcfcp.validation import InsufficientDataWarning
+from flwr_gcfcp.core.quantiles import split_conformal_threshold
+from flwr_gcfcp.core.validation import InsufficientDataWarning
 
 L = 8
 

@@ -7,20 +7,20 @@ import json
 import numpy as np
 import pytest
 
-from flwr_gcfcp.calibrators import (
+from flwr_gcfcp.methods import (
     client_payload,
     fit_all,
     make_calibrators,
     predictor_arrays,
     thresholds_from_arrays,
 )
-from flwr_gcfcp.classcond import FederatedClassConditionalCP, fit_federated_in_process as cc_fit, split_clustering
-from flwr_gcfcp.classcond_calibrators import ArraysPredictor, parse_method_spec, set_mask_from_arrays
-from flwr_gcfcp.groups import parse_groups
-from flwr_gcfcp.scores import make_score
-from flwr_gcfcp.setvalued import SetValuedClassifier, fbeta_threshold
-from flwr_gcfcp.setvalued import fit_federated_in_process as sv_fit
-from flwr_gcfcp.summaries import PayloadError
+from flwr_gcfcp.methods.classcond import FederatedClassConditionalCP, fit_federated_in_process as cc_fit, split_clustering
+from flwr_gcfcp.methods import ArraysPredictor, parse_method_spec, set_mask_from_arrays
+from flwr_gcfcp.core.groups import parse_groups
+from flwr_gcfcp.core.scores import make_score
+from flwr_gcfcp.methods.setvalued import SetValuedClassifier, fbeta_threshold
+from flwr_gcfcp.methods.setvalued import fit_federated_in_process as sv_fit
+from flwr_gcfcp.core.summaries import PayloadError
 
 L = 10
 GROUPS = parse_groups("0-3;2-5;4-7;6-9", n_labels=L)
@@ -187,9 +187,10 @@ def test_flower_round_runs_class_conditional_and_set_valued_methods(tmp_path):
     """Digits default in-process: results carry the new methods; thresholds equal the core's in-process fit."""
     import torch
 
-    from flwr_gcfcp import server_app, task
-    from flwr_gcfcp.client_app import app as client_app
-    from strategies.inprocess import InProcessGrid
+    from flwr_gcfcp.app import server_app
+    from flwr_gcfcp.app import task
+    from flwr_gcfcp.app.client_app import app as client_app
+    from flwr_gcfcp.flower.inprocess import InProcessGrid
 
     n_threads = torch.get_num_threads()
     try:

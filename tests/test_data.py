@@ -1,4 +1,4 @@
-"""Tests of flwr_gcfcp.data: digits dataset, flwr-datasets partitions, loaders of every file format."""
+"""Tests of flwr_gcfcp.app.datasets: digits dataset, flwr-datasets partitions, loaders of every file format."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flwr_gcfcp import data as D
+from flwr_gcfcp.app import datasets as D
 
 PAPER_SPLIT = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
 
@@ -25,7 +25,7 @@ def digits():
 # digits and numpy conversion
 # ----------------------------------------------------------------------------------------------
 def test_data_module_imports_without_torch():
-    code = "import sys, flwr_gcfcp.data; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    code = "import sys, flwr_gcfcp.app.datasets; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
@@ -375,7 +375,7 @@ def test_shared_data_dir_env(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match=D.DATA_ENV_VAR):
         D.require_shared("b.npz", skip=False)
     monkeypatch.delenv(D.DATA_ENV_VAR)
-    assert D.shared_data_dir() == Path(D.__file__).resolve().parents[2] / "shared" / "data"
+    assert D.shared_data_dir() == Path(D.__file__).resolve().parents[3] / "shared" / "data"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flwr_gcfcp import deploy, task
+from flwr_gcfcp.app import deploy
+from flwr_gcfcp.app import task
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,7 +40,7 @@ def core_thresholds(cfg: task.AppConfig, state: dict, num_partitions: int) -> di
     """Calibrate in-process with the core on the same partitions, seed and model weights as the Flower run."""
     import torch
 
-    from flwr_gcfcp.calibrators import client_payload, fit_all
+    from flwr_gcfcp.methods import client_payload, fit_all
 
     task.configure_torch()  # the ClientApps score with one thread, as here
     model = task.make_model(10)
@@ -77,9 +78,9 @@ def check_results(out: Path, cfg: task.AppConfig, num_partitions: int, n_exclude
 
 def test_inprocess_thresholds_equal_core(tmp_path):
     """Fast version of the equality check (in-process grid, one FedAvg round)."""
-    from flwr_gcfcp import server_app
-    from flwr_gcfcp.client_app import app as client_app
-    from strategies.inprocess import InProcessGrid
+    from flwr_gcfcp.app import server_app
+    from flwr_gcfcp.app.client_app import app as client_app
+    from flwr_gcfcp.flower.inprocess import InProcessGrid
 
     cfg = task.AppConfig.from_mapping({"results-dir": str(tmp_path / "res"), "num-server-rounds": 1})
     server_app.run(InProcessGrid(client_app, 5), cfg)
@@ -92,8 +93,8 @@ def test_ray_simulation_default(tmp_path):
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from flwr_gcfcp import server_app
-    from flwr_gcfcp.client_app import app as client_app
+    from flwr_gcfcp.app import server_app
+    from flwr_gcfcp.app.client_app import app as client_app
 
     # run_simulation gives both apps an empty run_config: the ServerApp gets its config from a closure and
     # forwards every client knob in the messages.
@@ -146,7 +147,7 @@ def test_deployment_engine_two_supernodes(tmp_path, free_port):
     out = tmp_path / "results"
     port = free_port()
     cmd = [
-        sys.executable, "-m", "flwr_gcfcp.deploy", "--num-supernodes", "2", "--results-dir", str(out),
+        sys.executable, "-m", "flwr_gcfcp.app.deploy", "--num-supernodes", "2", "--results-dir", str(out),
         "--superlink-port", str(port), "--run-config", "num-server-rounds=1", "--timeout", "400",
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=460)

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, Message, RecordDict
 
-from flwr_gcfcp import server_app, task
-from flwr_gcfcp.client_app import app as client_app
+from flwr_gcfcp.app import server_app
+from flwr_gcfcp.app import task
+from flwr_gcfcp.app.client_app import app as client_app
 from strategies import CalibrationError, ConformalStrategy, FedCPStrategy, GCFCPStrategy
 from strategies.conformal import PAYLOAD_KEY
-from strategies.inprocess import InProcessGrid
+from flwr_gcfcp.flower.inprocess import InProcessGrid
 
 CAL = "query.gcfcp_calibrate"
 

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flwr_gcfcp import data as data_mod
-from flwr_gcfcp import server_app, task
-from flwr_gcfcp.calibrators import client_payload, fit_all, make_calibrators
-from flwr_gcfcp.client_app import app as client_app
-from flwr_gcfcp.groups import parse_groups
-from flwr_gcfcp.scores import make_score
-from strategies.inprocess import InProcessGrid
+from flwr_gcfcp.app import datasets as data_mod
+from flwr_gcfcp.app import server_app
+from flwr_gcfcp.app import task
+from flwr_gcfcp.methods import client_payload, fit_all, make_calibrators
+from flwr_gcfcp.app.client_app import app as client_app
+from flwr_gcfcp.core.groups import parse_groups
+from flwr_gcfcp.core.scores import make_score
+from flwr_gcfcp.flower.inprocess import InProcessGrid
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "simulations" / "conf"

@@ -1,11 +1,11 @@
-"""Tests for flwr_gcfcp.groups: text forms, membership against brute force, patterns, keys, bad inputs."""
+"""Tests for flwr_gcfcp.core.groups: text forms, membership against brute force, patterns, keys, bad inputs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from flwr_gcfcp.groups import (
+from flwr_gcfcp.core.groups import (
     CallableGroups,
     ConfidenceGroups,
     IntervalGroups,
@@ -15,7 +15,7 @@ from flwr_gcfcp.groups import (
     parse_groups,
     pattern_keys,
 )
-from flwr_gcfcp.scores import softmax
+from flwr_gcfcp.core.scores import softmax
 
 CIFAR = "0-3;2-5;4-7;6-9"
 

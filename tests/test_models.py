@@ -1,4 +1,4 @@
-"""Tests of flwr_gcfcp.models and flwr_gcfcp.training (torch on CPU)."""
+"""Tests of flwr_gcfcp.app.models and flwr_gcfcp.app.training (torch on CPU)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from flwr_gcfcp import data as D  # noqa: E402
-from flwr_gcfcp import models as M  # noqa: E402
-from flwr_gcfcp import training as T  # noqa: E402
+from flwr_gcfcp.app import datasets as D  # noqa: E402
+from flwr_gcfcp.app import models as M  # noqa: E402
+from flwr_gcfcp.app import training as T  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from flwr_gcfcp.quantiles import (
+from flwr_gcfcp.core.quantiles import (
     client_lambdas,
     conformal_rank,
     fedcp_qq_client_ranks,
@@ -20,7 +20,7 @@ from flwr_gcfcp.quantiles import (
     split_conformal_threshold,
     weighted_conformal_threshold,
 )
-from flwr_gcfcp.validation import InsufficientDataWarning
+from flwr_gcfcp.core.validation import InsufficientDataWarning
 
 ALPHAS = [0.01, 0.02, 0.05, 0.07, 0.1, 0.123, 0.15, 0.2, 0.25, 0.3, 0.333, 0.45, 0.5, 0.7, 0.9]
 

@@ -1,11 +1,11 @@
-"""Tests for flwr_gcfcp.scores: brute-force checks against per-point loops, consistency, bad inputs."""
+"""Tests for flwr_gcfcp.core.scores: brute-force checks against per-point loops, consistency, bad inputs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from flwr_gcfcp.scores import (
+from flwr_gcfcp.core.scores import (
     APSScore,
     LACScore,
     RAPSScore,

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 
-from flwr_gcfcp.setvalued import (
+from flwr_gcfcp.methods.setvalued import (
     SetValuedClassifier,
     average_error_threshold,
     average_size_threshold,

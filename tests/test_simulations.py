@@ -15,15 +15,15 @@ import pytest
 
 from simulations import report
 from simulations.mc import classification_draw_fn, parse_client_classes
-from simulations.regression import (
+from flwr_gcfcp.app.regression import (
     RegressionSetting,
     client_mean_sd,
     fit_linear,
-    regression_draw_fn,
     sample_client,
     sample_covariates,
     sample_mixture,
 )
+from simulations.regression import regression_draw_fn
 from simulations.reproduce import (
     CIFAR10_LOGITS,
     PATHMNIST_LOGPROBS,
@@ -39,8 +39,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "simulations" / "conf"
 
 def _core_or_skip():
     """The conformal core is part of the package: a failing import must fail the test, not skip it."""
-    import flwr_gcfcp.calibrators  # noqa: F401
-    import flwr_gcfcp.metrics  # noqa: F401
+    import flwr_gcfcp.methods  # noqa: F401
+    import flwr_gcfcp.core.metrics  # noqa: F401
 
 
 def _shared_or_skip(rel: str) -> Path:

@@ -8,8 +8,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from flwr_gcfcp.reference import appd_test_dual, appd_threshold, cvxpy_dual_threshold
-from flwr_gcfcp.solver import AtomSolver, LPFallbackWarning, atom_thresholds, exact_integer_weights, left_null_space
+from flwr_gcfcp.core.reference import appd_test_dual, appd_threshold, cvxpy_dual_threshold
+from flwr_gcfcp.core.solver import AtomSolver, LPFallbackWarning, atom_thresholds, exact_integer_weights, left_null_space
 
 CIFAR_GROUPS = [range(0, 4), range(2, 6), range(4, 8), range(6, 10)]
 CIFAR_PATTERNS = np.array([[label in g for g in CIFAR_GROUPS] for label in range(10)])
@@ -134,7 +134,7 @@ def _random_problem(rng, ties: bool, integer_weights: bool):
     return patterns, idx, scores, weights, test_weight, alpha
 
 
-@pytest.mark.filterwarnings("ignore::flwr_gcfcp.solver.LPFallbackWarning")
+@pytest.mark.filterwarnings("ignore::flwr_gcfcp.core.solver.LPFallbackWarning")
 def test_agrees_with_appd_dual_certificate_on_random_problems():
     """>= 200 random problems, every atom: the App. D dual LP certifies S* (admissible just below, not just above).
 
@@ -170,7 +170,7 @@ def test_agrees_with_appd_dual_certificate_on_random_problems():
     assert exact_path >= 0.9 * checked, (exact_path, checked)
 
 
-@pytest.mark.filterwarnings("ignore::flwr_gcfcp.solver.LPFallbackWarning")
+@pytest.mark.filterwarnings("ignore::flwr_gcfcp.core.solver.LPFallbackWarning")
 def test_agrees_with_appd_bisection_at_fine_tolerance():
     rng = np.random.default_rng(7)
     for trial in range(25):
@@ -244,7 +244,7 @@ def test_bad_input(kwargs, match):
 @pytest.mark.parametrize("shift", [1e-13, 0.37])
 def test_relation_search_fallbacks_give_the_same_thresholds(monkeypatch, shift):
     """Float candidates that miss the jump (tiny shift) or are useless (large shift) must not change S*."""
-    import flwr_gcfcp.solver as solver_mod
+    import flwr_gcfcp.core.solver as solver_mod
 
     rng = np.random.default_rng(21)
     idx = rng.integers(0, 9, 300)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flwr_gcfcp.tdigest import TDigest, build_digest, cdf_error_bound, merge_digests
+from flwr_gcfcp.core.tdigest import TDigest, build_digest, cdf_error_bound, merge_digests
 
 
 # ------------------------------------------------------------------------------------------------- helpers

@@ -171,7 +171,7 @@ def write_results(result: Any, results_dir: str | Path, alpha: float | None = No
 
 def _jsonable(obj: Any) -> Any:
     try:
-        from flwr_gcfcp.metrics import to_jsonable
+        from flwr_gcfcp.core.metrics import to_jsonable
     except ImportError:  # pragma: no cover
         return json.loads(json.dumps(obj, default=_default))
     return to_jsonable(obj)

@@ -317,7 +317,7 @@ def _load_client_data_cached(
     partition_id: int,
     num_partitions: int,
 ) -> ClientData:
-    from flwr_gcfcp import data as data_mod
+    from flwr_gcfcp.app import datasets as data_mod
 
     cfg = AppConfig.from_mapping({"dataset": dataset, "client-classes": client_classes})
     classes = fold_classes(cfg.class_lists(), num_partitions)
@@ -359,7 +359,7 @@ def _identity(x):
 
 
 def _cifar_inputs(x):
-    from flwr_gcfcp.models import cifar_transform
+    from flwr_gcfcp.app.models import cifar_transform
 
     if not len(x):
         return np.zeros((0, 3, 32, 32), dtype=np.float32)
@@ -441,7 +441,7 @@ def set_size_label(cfg: AppConfig) -> str:
 # ---------------------------------------------------------------------- stored model outputs ("outputs")
 def resolve_outputs_path(path: str) -> Path:
     """``outputs-path``: absolute as given; relative to the shared data folder (``$FLWR_GCFCP_DATA``)."""
-    from flwr_gcfcp import data as data_mod
+    from flwr_gcfcp.app import datasets as data_mod
 
     p = Path(str(path).strip()).expanduser()
     return p if p.is_absolute() else data_mod.shared_data_dir() / p
@@ -460,7 +460,7 @@ def load_outputs(cfg: AppConfig) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=4)
 def _load_outputs_cached(path: str) -> tuple[np.ndarray, np.ndarray]:
-    from flwr_gcfcp import data as data_mod
+    from flwr_gcfcp.app import datasets as data_mod
 
     probs, labels = data_mod.load_model_outputs(path)
     probs.setflags(write=False)
@@ -510,7 +510,7 @@ def regression_model_arrays(cfg: AppConfig):
     the client mixture (``simulations.regression``, training seed ``seed + 12345`` as in ``reproduce``)."""
     from flwr.app import Array, ArrayRecord
 
-    from simulations.regression import RegressionSetting, fit_linear, sample_mixture
+    from flwr_gcfcp.app.regression import RegressionSetting, fit_linear, sample_mixture
 
     setting = RegressionSetting()
     xt, yt, _ = sample_mixture(np.random.default_rng(int(cfg.seed) + 12345), setting.n_train, setting.n_clients)
@@ -522,7 +522,7 @@ def regression_model_arrays(cfg: AppConfig):
 def _regression_data(seed: int) -> dict[str, np.ndarray]:
     """Calibration data of the K = 4 clients (n_1 = 1000, n_k = 333) and 200 test points of the mixture, drawn from
     ``default_rng(seed)`` in the order of ``simulations.regression.regression_draw_fn`` (same points as its draw)."""
-    from simulations.regression import RegressionSetting, sample_client, sample_mixture
+    from flwr_gcfcp.app.regression import RegressionSetting, sample_client, sample_mixture
 
     setting = RegressionSetting()
     rng = np.random.default_rng(seed)
@@ -542,7 +542,7 @@ def _regression_data(seed: int) -> dict[str, np.ndarray]:
 def regression_split(cfg: AppConfig, partition_id: int, num_partitions: int) -> dict[str, np.ndarray]:
     """This node's (x, y) calibration and test points: the regression clients listed for it in client-classes
     (``"0;1;2;3"``: node k is the paper's client k + 1); test points go to the client of their mixture component."""
-    from simulations.regression import RegressionSetting
+    from flwr_gcfcp.app.regression import RegressionSetting
 
     n_clients = RegressionSetting().n_clients
     lists = cfg.class_lists()
@@ -598,7 +598,7 @@ def local_scores(arrays, cfg: AppConfig, partition_id: int, num_partitions: int,
     if kind == "regression":
         d = regression_split(cfg, partition_id, num_partitions)
         x, y = d[f"x_{split}"], d[f"y_{split}"]
-        from flwr_gcfcp.scores import absolute_residual
+        from flwr_gcfcp.core.scores import absolute_residual
 
         residual = absolute_residual(y, _linear_predict(arrays, x)) if len(y) else np.zeros(0)
         features = group_features(make_groups(cfg, 1), probs=None, covariate=x, what=groups_text)
@@ -627,7 +627,7 @@ def local_scores(arrays, cfg: AppConfig, partition_id: int, num_partitions: int,
 def group_features(groups, probs=None, covariate=None, what: str = "") -> np.ndarray:
     """The features a group family reads: the covariate for interval groups, else the probability rows
     (label-set groups take their argmax, confidence groups their maximum)."""
-    from flwr_gcfcp.groups import ConfidenceGroups, IntervalGroups
+    from flwr_gcfcp.core.groups import ConfidenceGroups, IntervalGroups
 
     if isinstance(groups, IntervalGroups) and not isinstance(groups, ConfidenceGroups):
         if covariate is None:
@@ -647,7 +647,7 @@ def group_features(groups, probs=None, covariate=None, what: str = "") -> np.nda
 def evaluation_counts(cfg: AppConfig, local: LocalScores, thresholds: np.ndarray, membership: np.ndarray) -> dict:
     """``metrics.evaluation_counts`` of the sets ``{y : s(x, y) <= threshold}``; for regression the one-column score
     matrix gives coverage ``|y - f(x)| <= threshold`` and the size sums are interval lengths ``2·threshold``."""
-    from flwr_gcfcp.metrics import evaluation_counts as _counts
+    from flwr_gcfcp.core.metrics import evaluation_counts as _counts
 
     thr = np.asarray(thresholds, dtype=np.float64)
     out = _counts(local.scores <= thr[:, None], local.labels, membership)
@@ -681,7 +681,7 @@ def configure_torch() -> None:
 def make_model(n_classes: int = 10, seed: int = 0, dataset: str = "digits"):
     import torch
 
-    from flwr_gcfcp import models
+    from flwr_gcfcp.app import models
 
     torch.manual_seed(seed)
     kind = DATASETS[_dataset_key(dataset)]["model"]
@@ -702,8 +702,8 @@ def initial_arrays(cfg: AppConfig, n_classes: int | None = None):
         return regression_model_arrays(cfg)
     n_classes = n_classes_of(cfg.dataset) if n_classes is None else n_classes
     if DATASETS[_dataset_key(cfg.dataset)]["model"] == "resnet56-pretrained":
-        from flwr_gcfcp import data as data_mod
-        from flwr_gcfcp.models import load_pretrained_cifar_resnet
+        from flwr_gcfcp.app import datasets as data_mod
+        from flwr_gcfcp.app.models import load_pretrained_cifar_resnet
 
         path = data_mod.require_shared("weights/resnet56-4bfd9763.th", skip=False)
         return ArrayRecord(load_pretrained_cifar_resnet(path, depth=56).state_dict())
@@ -718,7 +718,7 @@ def load_model(arrays, n_classes: int = 10, dataset: str = "digits"):
 
 
 def train_local(model, x, y, cfg: AppConfig) -> float:
-    from flwr_gcfcp import training
+    from flwr_gcfcp.app import training
 
     out = training.train(
         model, x, y, epochs=cfg.local_epochs, lr=cfg.learning_rate, batch_size=cfg.batch_size, seed=cfg.seed
@@ -727,20 +727,20 @@ def train_local(model, x, y, cfg: AppConfig) -> float:
 
 
 def predict_proba(model, x) -> np.ndarray:
-    from flwr_gcfcp import training
+    from flwr_gcfcp.app import training
 
     return np.asarray(training.predict_proba(model, x), dtype=np.float64)
 
 
 # ---------------------------------------------------------------------- conformal glue
 def make_groups(cfg: AppConfig, n_classes: int):
-    from flwr_gcfcp.groups import parse_groups
+    from flwr_gcfcp.core.groups import parse_groups
 
     return parse_groups(cfg.groups, n_labels=n_classes)
 
 
 def make_calibrators(cfg: AppConfig, n_classes: int):
-    from flwr_gcfcp.calibrators import make_calibrators as _make
+    from flwr_gcfcp.methods import make_calibrators as _make
 
     return _make(
         cfg.method_list(),
@@ -753,7 +753,7 @@ def make_calibrators(cfg: AppConfig, n_classes: int):
 
 
 def score_fn(cfg: AppConfig):
-    from flwr_gcfcp.scores import make_score
+    from flwr_gcfcp.core.scores import make_score
 
     return make_score(cfg.score)
 

@@ -1,7 +1,7 @@
 """Class-conditional CP and set-valued frameworks as calibrators of the shared (one-round) calibration round.
 
-These adapters implement the :class:`~flwr_gcfcp.calibrators.Calibrator` API by delegating to
-:class:`~flwr_gcfcp.classcond.FederatedClassConditionalCP` and :class:`~flwr_gcfcp.setvalued.SetValuedClassifier`,
+These adapters implement the :class:`~flwr_gcfcp.methods.Calibrator` API by delegating to
+:class:`~flwr_gcfcp.methods.classcond.FederatedClassConditionalCP` and :class:`~flwr_gcfcp.methods.setvalued.SetValuedClassifier`,
 so ``make_calibrators`` / ``client_payload`` / ``fit_all`` / ``predictor_arrays`` (and therefore the Flower
 strategies) run them next to GC-FCP and FedCP in the **same single calibration round**.
 
@@ -32,7 +32,7 @@ Options (``key=value``):
 
 * every digest-based method: ``delta=D`` (default: the first of the run's ``deltas``);
 * ``standard`` / ``classwise`` / ``clustered`` / ``avg_error``: ``conservative=true`` (rank ``k + ⌈W π/δ⌉``:
-  coverage >= 1 - α despite the digest error; see :mod:`flwr_gcfcp.classcond`);
+  coverage >= 1 - α despite the digest error; see :mod:`flwr_gcfcp.methods.classcond`);
 * ``clustered``: ``gamma=G`` (clustering fraction, default ``L/(L + 75)``, see below), ``clusters=M`` (default:
   Ding et al.'s heuristic from the exact merged class counts);
 * ``pointwise``: ``ts=false`` (no temperature scaling: T = 1, no calibration).
@@ -46,7 +46,7 @@ Scores and inputs. The class-conditional methods use the calibration scores of t
 frameworks work on the probability rows ``p̂(x)`` (``average_error`` is the LAC rule ``1 - p̂_y`` whatever the run's
 score) and the labels where needed. ``client_payload(..., labels=, probs=, rng=)`` passes them through. The mixture
 weights π do not enter these calibrations (every calibration point has unit weight, as in
-:mod:`~flwr_gcfcp.classcond` and :mod:`~flwr_gcfcp.setvalued`); they still weight the evaluation.
+:mod:`~flwr_gcfcp.methods.classcond` and :mod:`~flwr_gcfcp.methods.setvalued`); they still weight the evaluation.
 
 One-round protocols (no extra round is added to the strategies)
 -----------------------------------------------------------------
@@ -56,13 +56,13 @@ One-round protocols (no extra round is added to the strategies)
   whenever every class has at least ``⌈(1 - α)/α⌉`` calibration points in the federation (then ``K' = L``). The
   number of clusters M still comes from the heuristic on the exact merged class counts (or ``clusters=``). The
   split uses the client's ``rng`` (the Flower client passes a seed derived from ``seed`` and its partition id).
-* ``fbeta``: :meth:`~flwr_gcfcp.setvalued.SetValuedClassifier.fit_federated` brackets the root in a first round and
+* ``fbeta``: :meth:`~flwr_gcfcp.methods.setvalued.SetValuedClassifier.fit_federated` brackets the root in a first round and
   solves it exactly on the bracketed values in a second. Here the clients instead send one T-digest of all their
   ``p̂_l(x_i)`` (the block ``avg_size`` also uses) and the server takes the exact root of
   ``β²θ - Σ_c w_c (m_c - θ)_+ / N`` on the merged centroids ``(m_c, w_c)``. A centroid keeps the sum of its values,
   so the only error comes from the (at most a few) centroids that straddle θ*; when the digests keep every point
-  (δ large) the root equals the centralized :func:`~flwr_gcfcp.setvalued.fbeta_threshold` up to float summation.
-* every other method is one round in :mod:`~flwr_gcfcp.classcond` / :mod:`~flwr_gcfcp.setvalued` already;
+  (δ large) the root equals the centralized :func:`~flwr_gcfcp.methods.setvalued.fbeta_threshold` up to float summation.
+* every other method is one round in :mod:`~flwr_gcfcp.methods.classcond` / :mod:`~flwr_gcfcp.methods.setvalued` already;
   ``topk`` / ``penalized`` (and ``pointwise`` with ``ts=false``) send only their point count.
 
 Evaluation round: :func:`predictor_arrays` gives per-label thresholds (rule 1) or the fitted set-valued rule
@@ -80,23 +80,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibrators import Calibrator, thresholds_from_arrays
+from ..core.summaries import PayloadError
+from ..core.validation import check_delta, check_scores
+from .arrays import RULE_ATOMS, RULE_LABELS, RULE_SETVALUED, predictor_dict
+from .base import Calibrator
 from .classcond import FederatedClassConditionalCP
 from .setvalued import FRAMEWORKS, SetValuedClassifier, _fbeta_root, _check_k, _check_k_bar
-from .summaries import PayloadError
-from .validation import check_delta, check_scores
 
 __all__ = [
-    "ArraysPredictor",
     "ClassConditionalCalibrator",
     "EXTRA_METHODS",
     "SetValuedCalibrator",
     "make_extra_calibrator",
     "parse_method_spec",
-    "set_mask_from_arrays",
 ]
 
-RULE_ATOMS, RULE_LABELS, RULE_SETVALUED = 0, 1, 2
 CLASSCOND_METHODS = ("standard", "classwise", "clustered")
 # short name -> setvalued framework; the long framework names are accepted too
 SETVALUED_SHORT = {
@@ -317,7 +315,7 @@ def _need(method: str, labels: object, probs: object, what: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ class-conditional
 class ClassConditionalCalibrator(Calibrator):
-    """Federated standard / classwise / clustered CP (:class:`~flwr_gcfcp.classcond.FederatedClassConditionalCP`).
+    """Federated standard / classwise / clustered CP (:class:`~flwr_gcfcp.methods.classcond.FederatedClassConditionalCP`).
 
     Client: per-class (and, for clustered, per-part) T-digests of the calibration scores at ``delta``, integer
     unit weights. Server: merge per class, thresholds by exact integer ranks. Sets ``{y : s(x, y) <= q[y]}``.
@@ -454,12 +452,12 @@ class ClassConditionalCalibrator(Calibrator):
         return out
 
     def predictor(self) -> dict:
-        return _predictor_dict(self)
+        return predictor_dict(self)
 
 
 # ------------------------------------------------------------------------------------------------ set-valued
 class SetValuedCalibrator(Calibrator):
-    """One set-valued framework (:class:`~flwr_gcfcp.setvalued.SetValuedClassifier`) in the shared round.
+    """One set-valued framework (:class:`~flwr_gcfcp.methods.setvalued.SetValuedClassifier`) in the shared round.
 
     Sets are built from the probability rows (``predict(..., probs=...)``); ``average_error`` is the LAC rule.
     ``f_beta`` uses the one-round digest variant described in the module docstring.
@@ -555,7 +553,7 @@ class SetValuedCalibrator(Calibrator):
         self._fitted = True
 
     def _fit_fbeta_one_round(self, model: SetValuedClassifier, summaries) -> None:
-        from .tdigest import TDigest, merge_digests
+        from ..core.tdigest import TDigest, merge_digests
 
         n_total = sum(s.n for s in summaries)
         if n_total == 0:
@@ -623,106 +621,4 @@ class SetValuedCalibrator(Calibrator):
         }
 
     def predictor(self) -> dict:
-        return _predictor_dict(self)
-
-
-# ------------------------------------------------------------------------------------------------ evaluation
-def _setvalued_from_arrays(arrays: Mapping[str, np.ndarray]) -> SetValuedClassifier:
-    fw_idx = int(np.asarray(arrays["framework"]).reshape(-1)[0])
-    if not 0 <= fw_idx < len(FRAMEWORKS):
-        raise PayloadError(f"framework index {fw_idx} out of range")
-    fw = FRAMEWORKS[fw_idx]
-    eps, lam, k_bar, beta = (float(x) for x in np.asarray(arrays["params"], dtype=np.float64).reshape(-1)[:4])
-    k = int(np.asarray(arrays["k"]).reshape(-1)[0])
-    ts = bool(int(np.asarray(arrays.get("temperature_scaling", [1])).reshape(-1)[0]))
-
-    def opt(x):
-        return None if math.isnan(x) else x
-
-    model = SetValuedClassifier(
-        fw, k=k if k > 0 else None, epsilon=opt(eps), lam=opt(lam), k_bar=opt(k_bar), beta=opt(beta), temperature_scaling=ts
-    )
-    thr = float(np.asarray(arrays["threshold"], dtype=np.float64).reshape(-1)[0])
-    if not math.isnan(thr):
-        model.threshold_ = thr
-    model.temperature_ = float(np.asarray(arrays["temperature"], dtype=np.float64).reshape(-1)[0])
-    model._fitted = True
-    return model
-
-
-def set_mask_from_arrays(
-    arrays: Mapping[str, np.ndarray], score_matrix=None, features=None, groups=None, probs=None
-) -> np.ndarray:
-    """Client side of the evaluation round: the ``(n, L)`` set mask of one method from :func:`predictor_arrays`.
-
-    Rule 0 (no ``rule`` key; every group / marginal method): ``score <= threshold[atom(x)]`` through
-    :func:`~flwr_gcfcp.calibrators.thresholds_from_arrays`. Rule 1 (class-conditional): ``score[:, y] <= q[y]``.
-    Rule 2 (set-valued): the framework's rule on ``probs``.
-    """
-    rule = int(np.asarray(arrays.get("rule", [RULE_ATOMS])).reshape(-1)[0])
-    if rule == RULE_ATOMS:
-        sm = check_scores(score_matrix, name="score_matrix", ndim=2)
-        thr = thresholds_from_arrays(arrays, features, groups, n=sm.shape[0])
-        return sm <= np.asarray(thr, dtype=np.float64)[:, None]
-    if rule == RULE_LABELS:
-        sm = check_scores(score_matrix, name="score_matrix", ndim=2)
-        q = np.asarray(arrays["label_thresholds"], dtype=np.float64).reshape(-1)
-        if q.size != sm.shape[1]:
-            raise PayloadError(f"label_thresholds has {q.size} entries for a score matrix with {sm.shape[1]} labels")
-        return sm <= q[None, :]
-    if rule == RULE_SETVALUED:
-        if probs is None:
-            raise ValueError("a set-valued method needs the probability rows: set_mask_from_arrays(..., probs=...)")
-        return _setvalued_from_arrays(arrays).predict(probs)
-    raise PayloadError(f"unknown predictor rule {rule}")
-
-
-# ------------------------------------------------------------------------------------------------ saved predictor
-FORMAT = "flwr-gcfcp-arrays-predictor/1"
-
-
-def _predictor_dict(cal: Calibrator) -> dict:
-    arrays = cal.predictor_arrays()
-    thr = cal.thresholds
-    return {
-        "format": FORMAT,
-        "method": cal.name,
-        "private": bool(cal.private),
-        "alpha": str(cal.alpha),
-        "thresholds": {str(k): (v if math.isfinite(v) else str(v)) for k, v in thr.items()},
-        "info": _jsonable(cal.info()),
-        "arrays": {k: _jsonable(np.asarray(v).tolist()) for k, v in arrays.items()},
-        "dtypes": {k: str(np.asarray(v).dtype) for k, v in arrays.items()},
-    }
-
-
-def _jsonable(obj):
-    from .metrics import to_jsonable
-
-    return to_jsonable(obj)
-
-
-class ArraysPredictor:
-    """Loads a saved class-conditional / set-valued predictor (``predictor_<NAME>.json``) and builds sets."""
-
-    def __init__(self, method: str, arrays: Mapping[str, np.ndarray]) -> None:
-        self.method = method
-        self.arrays = dict(arrays)
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "ArraysPredictor":
-        if data.get("format") != FORMAT:
-            raise ValueError(f"not a flwr-gcfcp arrays predictor (format {data.get('format')!r}, expected {FORMAT!r})")
-        dtypes = data.get("dtypes", {})
-        arrays = {}
-        for k, v in data["arrays"].items():
-            vals = [float(x) if isinstance(x, str) else x for x in v]
-            arrays[k] = np.asarray(vals, dtype=dtypes.get(k, None))
-        return cls(data["method"], arrays)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ArraysPredictor":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def predict(self, score_matrix=None, features=None, probs=None) -> np.ndarray:
-        return set_mask_from_arrays(self.arrays, score_matrix, features, None, probs=probs)
+        return predictor_dict(self)

@@ -15,7 +15,7 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from flwr_gcfcp import task
+from flwr_gcfcp.app import task
 from strategies.conformal import ConformalResult, ConformalStrategy
 
 app = ServerApp()

@@ -1,7 +1,7 @@
 """Training and prediction loops (torch, CPU by default).
 
 All functions take numpy arrays (or tensors): inputs ``x`` of shape ``(n, C, H, W)`` already in the model's input
-scale (use :func:`flwr_gcfcp.models.cifar_transform` for uint8 CIFAR images) and integer labels ``y``.
+scale (use :func:`flwr_gcfcp.app.models.cifar_transform` for uint8 CIFAR images) and integer labels ``y``.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Thresholds (``M`` pooled values ``v`` with integer weights, ``N`` points):
   ``+inf`` (empty sets) if no value qualifies. **Hybrid size** (Lemma 6) is the same rule on the ``N k`` pooled
   top-k values ``p̂_(1..k)(x_i)``, intersected with ``top(x, k)``; requires ``0 < k̄ < k``.
 * **average error** (Lemma 5): split CP with the LAC score ``1 - p̂_y``: ``q`` = the ``⌈(n + 1)(1 - ε̄)⌉``-th smallest
-  score (``+inf`` with :class:`~flwr_gcfcp.validation.InsufficientDataWarning` if that exceeds ``n``); set
+  score (``+inf`` with :class:`~flwr_gcfcp.core.validation.InsufficientDataWarning` if that exceeds ``n``); set
   ``{l : 1 - p̂_l <= q}``. ``rank="fcp"`` uses the FedCP/FCP rank ``⌈(1 - ε̄)(N + K)⌉`` with ``K`` the number of clients
   (``K = 1`` centralized).
 * **F_β** (Lemma 9): ``θ*`` is the unique root of ``φ(θ) = β²θ - (1/N) Σ_i Σ_l (p̂_l(x_i) - θ)_+`` (increasing,
@@ -40,7 +40,7 @@ Federation (no raw values leave a client except where stated):
   equals the centralized one exactly. Otherwise the pooled tail count is off by at most ``ε = π/δ`` of the pooled
   mass: the unlabeled mean size is within ``ε L`` (hybrid: ``ε k``) of ``k̄``, and the average-error coverage is
   ``>= 1 - ε̄ - π/δ`` (``conservative=True`` reads rank ``k + ⌈n π/δ⌉``, which restores ``>= 1 - ε̄``; see
-  :mod:`flwr_gcfcp.classcond`).
+  :mod:`flwr_gcfcp.methods.classcond`).
 * F_β is additive over clients: ``N = Σ N_k``, ``Ψ = Σ Ψ_k``. Round 1: clients send ``N_k`` and ``Ψ_k`` on a shared
   grid of θ in [0, 1]; the server picks the grid cell ``[a, b]`` containing the root. Round 2: clients send the count
   and sum of their values above ``b`` and their values inside ``(a, b]`` (only these breakpoints); the server solves
@@ -63,7 +63,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .validation import (
+from ..core.validation import (
     InsufficientDataWarning,
     alpha_fraction,
     check_delta,
@@ -550,7 +550,7 @@ class SetValuedClassifier:
         -------
         dict of numpy arrays
         """
-        from .tdigest import build_digest
+        from ..core.tdigest import build_digest
 
         fw = self.framework
         if fw in ("top_k", "penalized") or (fw == "pointwise_error" and not self.temperature_scaling):
@@ -611,7 +611,7 @@ class SetValuedClassifier:
         ValueError
             Empty or malformed payloads, or clients disagreeing on the number of labels.
         """
-        from .tdigest import TDigest, merge_digests
+        from ..core.tdigest import TDigest, merge_digests
 
         if len(summaries) == 0:
             raise ValueError("summaries is empty: at least one client payload is needed")

@@ -13,7 +13,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flwr_gcfcp import task
+from flwr_gcfcp.app import task
 from strategies.conformal import (
     CALIBRATE_ACTION,
     CONFIG_KEY,
@@ -78,7 +78,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query(CALIBRATE_ACTION)
 def calibrate(msg: Message, context: Context) -> Message:
     """Score the local calibration data with the global model; reply with the core's client payload."""
-    from flwr_gcfcp.calibrators import client_payload
+    from flwr_gcfcp.methods import client_payload
 
     cfg, pid, npart, extra = _setup(msg, context)
     n_clients = int(extra.get("n-clients", npart))
@@ -97,9 +97,9 @@ def calibrate(msg: Message, context: Context) -> Message:
 def conformal_evaluate(msg: Message, context: Context) -> Message:
     """Build prediction sets (intervals for regression) on the local test data from each method's thresholds;
     reply with counts."""
-    from flwr_gcfcp.calibrators import thresholds_from_arrays
-    from flwr_gcfcp.classcond_calibrators import set_mask_from_arrays
-    from flwr_gcfcp.metrics import evaluation_counts
+    from flwr_gcfcp.methods import thresholds_from_arrays
+    from flwr_gcfcp.methods import set_mask_from_arrays
+    from flwr_gcfcp.core.metrics import evaluation_counts
 
     cfg, pid, npart, extra = _setup(msg, context)
     local = task.local_scores(msg.content.array_records[MODEL_KEY], cfg, pid, npart, "test")

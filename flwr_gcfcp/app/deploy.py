@@ -1,6 +1,6 @@
 """Run the app on Flower's deployment engine on this machine (loopback only).
 
-    python -m flwr_gcfcp.deploy --num-supernodes 2 [--app DIR] [--results-dir DIR] [--run-config "k=v ..."]
+    python -m flwr_gcfcp.app.deploy --num-supernodes 2 [--app DIR] [--results-dir DIR] [--run-config "k=v ..."]
 
 Starts one ``flower-superlink`` and N ``flower-supernode`` processes on 127.0.0.1 (free ports unless given), each
 SuperNode with node config ``partition-id=i num-partitions=N``; writes a private ``FLWR_HOME`` whose
@@ -168,7 +168,7 @@ def default_client_classes(n: int, n_classes: int = 10) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flwr_gcfcp.deploy", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m flwr_gcfcp.app.deploy", description=__doc__.split("\n\n")[0])
     ap.add_argument("--num-supernodes", type=int, default=2)
     ap.add_argument("--app", default=None, help="app directory (default: the repository holding this package)")
     ap.add_argument("--results-dir", default=None, help="absolute results directory (default: ./results-deploy)")
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     n = int(args.num_supernodes)
     if n < 1:
         ap.error(f"--num-supernodes must be >= 1, got {n}")
-    app_dir = Path(args.app).resolve() if args.app else Path(__file__).resolve().parent.parent
+    app_dir = Path(args.app).resolve() if args.app else Path(__file__).resolve().parents[2]
     if not (app_dir / "pyproject.toml").is_file():
         ap.error(f"--app {app_dir} has no pyproject.toml")
     results_dir = Path(args.results_dir).resolve() if args.results_dir else Path.cwd() / "results-deploy"

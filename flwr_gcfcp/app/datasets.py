@@ -74,7 +74,7 @@ def shared_data_dir() -> Path:
     env = os.environ.get(DATA_ENV_VAR, "").strip()
     if env:
         return Path(env).expanduser()
-    repo_root = Path(__file__).resolve().parent.parent
+    repo_root = Path(__file__).resolve().parents[2]
     return repo_root.parent / "shared" / "data"
 
 

@@ -8,7 +8,7 @@ All three methods give one threshold per class ``q[y]`` and the set ``C(x) = {y 
 ``classwise``
     one split-CP threshold per class from that class's scores. A class with fewer than ``(1 - α)/α`` points
     (including a class with no calibration data at all) gets ``+inf`` (the label is always in the set) and an
-    :class:`~flwr_gcfcp.validation.InsufficientDataWarning`.
+    :class:`~flwr_gcfcp.core.validation.InsufficientDataWarning`.
 ``clustered``
     Ding et al. (2023). Each calibration point goes to the *clustering* set with probability γ, otherwise to the
     *proper* set. Classes with fewer than ``(1 - α)/α`` clustering points form the *null cluster*, whose threshold
@@ -33,8 +33,8 @@ Federated protocol (:class:`FederatedClassConditionalCP`)
   (:meth:`~FederatedClassConditionalCP.count_summary`); the server returns γ (:meth:`~FederatedClassConditionalCP.plan`).
 * Each client assigns each of its points to the clustering set with probability γ and sends, per class and per
   part (clustering / proper; one part for standard and classwise), an arcsine T-digest of the scores with integer
-  unit weights (:func:`flwr_gcfcp.tdigest.build_digest`), so merged counts are exact integers.
-* The server merges the client digests per class (:func:`flwr_gcfcp.tdigest.merge_digests`), computes the
+  unit weights (:func:`flwr_gcfcp.core.tdigest.build_digest`), so merged counts are exact integers.
+* The server merges the client digests per class (:func:`flwr_gcfcp.core.tdigest.merge_digests`), computes the
   embeddings from the merged clustering digests, the heuristic M from the exact merged counts, runs the same
   k-means, and computes every threshold by the exact integer rank on the merged digest counts
   (``min{mean_c : Σ_{c' <= c} W_c' >= k}``; the centroids of a cluster's classes are pooled without recompression).
@@ -51,7 +51,7 @@ clustered, every point for standard)
     P(s(X, Y) <= q)  >=  (k - εW)/(W + 1)  >=  1 - α - ε  >=  1 - α - π/δ.
 
 The server recompression of a merge can add its own error (this repository proves ``2 sin(π/δ)`` for a merged
-digest, :func:`flwr_gcfcp.tdigest.merge_digests`), so the federated fit with ``conservative=True`` pools the client
+digest, :func:`flwr_gcfcp.core.tdigest.merge_digests`), so the federated fit with ``conservative=True`` pools the client
 digests without recompressing them: a pool is a convex combination of single digests, each within ``sin(π/δ)``.
 ``conservative=True`` reads the threshold at rank ``k + ⌈εW⌉`` instead (``+inf`` when this exceeds ``W``; no
 correction for a pool whose centroids all have weight 1, since those are the exact scores), which
@@ -72,7 +72,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .validation import (
+from ..core.validation import (
     InsufficientDataWarning,
     alpha_fraction,
     check_alpha,
@@ -100,9 +100,9 @@ _PARTS = ("clust", "proper")
 
 # ----------------------------------------------------------------------------------------------- integer ranks
 def _conformal_rank(n: int, alpha: object) -> int:
-    """``ceil((n + 1)(1 - α))`` exactly (delegates to :func:`flwr_gcfcp.quantiles.conformal_rank`)."""
+    """``ceil((n + 1)(1 - α))`` exactly (delegates to :func:`flwr_gcfcp.core.quantiles.conformal_rank`)."""
     try:
-        from .quantiles import conformal_rank
+        from ..core.quantiles import conformal_rank
     except ImportError:  # quantiles.py not available: same exact integer formula
         a = alpha_fraction(alpha)
         return int(math.ceil((n + 1) * (1 - a)))
@@ -309,7 +309,7 @@ class ClassConditionalCP:
         self.n_init = _check_positive_int(n_init, "n_init")
         self.random_state = int(random_state)
         if score is not None and isinstance(score, str):
-            from .scores import make_score
+            from ..core.scores import make_score
 
             score = make_score(score)
         self.score = score
@@ -500,7 +500,7 @@ class FederatedClassConditionalCP(ClassConditionalCP):
     conservative : bool
         Read thresholds at rank ``k + ⌈W π/δ⌉`` so that coverage >= 1 - α.
     merge : bool
-        True (default): merge client digests per class with :func:`~flwr_gcfcp.tdigest.merge_digests` (the
+        True (default): merge client digests per class with :func:`~flwr_gcfcp.core.tdigest.merge_digests` (the
         paper's protocol); False: pool the client centroids without recompression (same error bound, more memory).
 
     Notes
@@ -579,7 +579,7 @@ class FederatedClassConditionalCP(ClassConditionalCP):
             ``n_classes``, ``delta``, and for each part ``<part>/offsets`` (L + 1,), ``<part>/means``,
             ``<part>/weights`` (int64); parts ``proper`` (and ``clust`` for clustered).
         """
-        from .tdigest import build_digest
+        from ..core.tdigest import build_digest
 
         gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(
             self.random_state if rng is None else rng
@@ -651,7 +651,7 @@ class FederatedClassConditionalCP(ClassConditionalCP):
         -------
         self
         """
-        from .tdigest import TDigest, merge_digests
+        from ..core.tdigest import TDigest, merge_digests
 
         if len(summaries) == 0:
             raise ValueError("summaries is empty: at least one client payload is needed")

@@ -1,0 +1,1 @@
+"""The Flower integration (imports flwr, never torch)."""

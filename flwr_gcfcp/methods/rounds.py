@@ -1,0 +1,149 @@
+"""The shared calibration round: client payloads, server-side validation and fitting of every method at once.
+
+The Flower layer only moves these arrays; all logic (payload building, validation, π renormalisation, fitting)
+lives here so a simulation and an in-process run give the same thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.summaries import PayloadError
+from ..core.validation import exact_fraction
+from .base import Calibrator
+
+__all__ = ["FitReport", "client_payload", "fit_all", "fit_in_process", "payload_bytes"]
+
+
+def client_payload(
+    calibrators: Mapping[str, Calibrator],
+    scores,
+    features,
+    pi_k: float | None = None,
+    n_clients: int | None = None,
+    *,
+    labels=None,
+    probs=None,
+    rng=None,
+) -> dict[str, np.ndarray]:
+    """Client side of a shared calibration round: one block of arrays per summary kind (deduplicated).
+
+    ``labels`` (true labels of the calibration points), ``probs`` (their probability rows) and ``rng`` (seed or
+    generator of client-side randomness, e.g. the clustered split) go to the calibrators that declare them in
+    ``extra_inputs`` (class-conditional and set-valued methods); the others ignore them.
+    """
+    extras = {"labels": labels, "probs": probs, "rng": rng}
+    out: dict[str, np.ndarray] = {}
+    done: set[str] = set()
+    # a shared block must carry atom keys when any method using it has groups: summarize with those first
+    for cal in sorted(calibrators.values(), key=lambda c: c.groups is None):
+        if cal.summary_kind in done:
+            continue
+        done.add(cal.summary_kind)
+        kw = {k: extras[k] for k in cal.extra_inputs}
+        summary = cal.summarize(scores, features, pi_k=pi_k, n_clients=n_clients, **kw)
+        arrays = summary.to_arrays() if hasattr(summary, "to_arrays") else summary
+        for key, arr in arrays.items():
+            out[f"{cal.summary_kind}/{key}"] = arr
+    return out
+
+
+def payload_bytes(payload: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Bytes per summary kind in a client payload."""
+    sizes: dict[str, int] = {}
+    for key, arr in payload.items():
+        kind = key.split("/", 1)[0]
+        sizes[kind] = sizes.get(kind, 0) + int(np.asarray(arr).nbytes)
+    return sizes
+
+
+@dataclass
+class FitReport:
+    """Outcome of :func:`fit_all`."""
+
+    calibrators: dict[str, Calibrator]
+    used: list[str]
+    excluded: dict[str, str] = field(default_factory=dict)
+    failed_methods: dict[str, str] = field(default_factory=dict)
+    pi: dict[str, float] = field(default_factory=dict)
+
+
+def _parse_payload(cal: Calibrator, payload: Mapping[str, np.ndarray]):
+    prefix = cal.summary_kind + "/"
+    block = {k[len(prefix) :]: v for k, v in payload.items() if k.startswith(prefix)}
+    if not block:
+        raise PayloadError(f"no '{cal.summary_kind}' block (needed by {cal.name})")
+    if hasattr(cal, "parse_summary"):  # adapters validate their own blocks
+        return cal.parse_summary(block)
+    max_key = 2 ** cal.groups.n_groups if cal.groups is not None else None
+    return cal.summary_type.from_arrays(block, max_key=max_key)
+
+
+def fit_all(
+    calibrators: Mapping[str, Calibrator],
+    payloads: Mapping[str, Mapping[str, np.ndarray]],
+    pi: Mapping[str, float] | None = None,
+) -> FitReport:
+    """Server side: validate each client's payload, exclude malformed ones, renormalise π, fit every calibrator.
+
+    Parameters
+    ----------
+    calibrators : mapping name -> Calibrator
+    payloads : mapping client id -> arrays from :func:`client_payload`
+    pi : mapping client id -> mixture weight, or None for uniform over the clients used
+
+    Returns
+    -------
+    FitReport
+        ``excluded`` names each dropped client and the reason; π is renormalised over ``used``.
+    """
+    parsed: dict[str, dict[str, object]] = {}
+    excluded: dict[str, str] = {}
+    for cid, payload in payloads.items():
+        try:
+            parsed[cid] = {name: _parse_payload(cal, payload) for name, cal in calibrators.items()}
+            ns = {getattr(s, "n", None) for s in parsed[cid].values()}
+            if len(ns) > 1:
+                raise PayloadError(f"summaries disagree on the number of calibration points: {sorted(ns)}")
+        except PayloadError as err:
+            excluded[cid] = f"malformed payload: {err}"
+            parsed.pop(cid, None)
+    used = list(parsed)
+    if pi is not None:
+        missing = [c for c in used if c not in pi]
+        if missing:
+            raise ValueError(f"pi has no weight for clients {missing}")
+        bad = {c: pi[c] for c in used if not (float(pi[c]) >= 0 and math.isfinite(float(pi[c])))}
+        if bad:
+            raise ValueError(f"pi must be finite and >= 0, got {bad}")
+    pis = None if pi is None else [pi[c] for c in used]
+    report = FitReport(calibrators=dict(calibrators), used=used, excluded=excluded)
+    if used:
+        if pis is None:
+            report.pi = {c: 1.0 / len(used) for c in used}
+        else:
+            total = sum(exact_fraction(p) for p in pis)
+            report.pi = {c: float(exact_fraction(p) / total) for c, p in zip(used, pis)}
+    if not used:
+        return report
+    for name, cal in calibrators.items():
+        try:
+            cal.fit([parsed[c][name] for c in used], pis)
+        except (ValueError, PayloadError) as err:
+            report.failed_methods[name] = str(err)
+    return report
+
+
+def fit_in_process(
+    calibrator: Calibrator, client_scores: Sequence[np.ndarray], client_features: Sequence[object] | None = None, pi=None
+) -> Calibrator:
+    """Summarize each client's scores as a client would, then fit: the federated computation in one process."""
+    k = len(client_scores)
+    feats = client_features if client_features is not None else [None] * k
+    pis = [None] * k if pi is None else [float(p) / float(sum(pi)) for p in pi]
+    summaries = [calibrator.summarize(s, f, pi_k=p, n_clients=k) for s, f, p in zip(client_scores, feats, pis)]
+    return calibrator.fit(summaries, pi)
