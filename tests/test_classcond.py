@@ -13,6 +13,7 @@ from flwr_gcfcp.methods.classcond import (
     clustering_heuristic,
     fit_federated_in_process,
     min_points,
+    null_cluster_reason,
 )
 from flwr_gcfcp.core.quantiles import split_conformal_threshold
 from flwr_gcfcp.core.validation import InsufficientDataWarning
@@ -45,6 +46,14 @@ def test_min_points_and_heuristic() -> None:
     counts = np.r_[np.full(60, 12), np.full(40, 3)]
     gamma, m = clustering_heuristic(counts, 0.1)
     assert gamma == pytest.approx(60 / 135) and m == int(np.floor(60 / 135 * 9 / 2))
+    # few classes, few points: M = ⌊(8/83)·10/2⌋ = 0 (no clustering)
+    assert clustering_heuristic(np.full(8, 10), 0.1) == (pytest.approx(8 / 83), 0)
+    assert clustering_heuristic(np.zeros(5, dtype=int), 0.1) == (0.0, 0)
+    # Ding et al.'s rule: k-means only when 1 < M < K_c
+    assert null_cluster_reason(2, 3, 9) is None
+    assert "<= 1" in null_cluster_reason(1, 5, 9) and "<= 1" in null_cluster_reason(0, 5, 9)
+    assert ">= 3 clusterable" in null_cluster_reason(3, 3, 9) and ">= 3 clusterable" in null_cluster_reason(7, 3, 9)
+    assert "no class" in null_cluster_reason(2, 0, 9)
 
 
 def test_standard_and_classwise_are_exact_order_statistics() -> None:
@@ -60,22 +69,94 @@ def test_standard_and_classwise_are_exact_order_statistics() -> None:
     assert mask.dtype == bool and mask.shape == (s.size, L)
 
 
-def test_one_cluster_equals_standard_on_proper_set() -> None:
+@pytest.mark.parametrize("m", [1, L, L + 3])
+def test_too_few_or_too_many_clusters_use_the_null_cluster(m: int) -> None:
     s, y = _data()
     mask = np.random.default_rng(3).random(s.size) < 0.4
-    cl = ClassConditionalCP("clustered", 0.1, L, n_clusters=1).fit(s, y, clustering_mask=mask)
-    assert cl.n_clusters_ == 1 and cl.null_classes_.size == 0
+    cl = ClassConditionalCP("clustered", 0.1, L, n_clusters=m).fit(s, y, clustering_mask=mask)
+    assert cl.n_clusterable_ == L and cl.n_clusters_requested_ == m
+    assert cl.n_clusters_ == 0 and cl.null_classes_.tolist() == list(range(L)) and cl.cluster_thresholds_.size == 0
+    assert ("<= 1" if m == 1 else f">= {L} clusterable") in cl.null_cluster_reason_
     std = ClassConditionalCP("standard", 0.1, L).fit(s[~mask], y[~mask])
     np.testing.assert_array_equal(cl.thresholds_, std.thresholds_)
 
 
-def test_every_class_own_cluster_equals_classwise_on_proper_set() -> None:
-    s, y = _data()
-    mask = np.random.default_rng(4).random(s.size) < 0.4
-    cl = ClassConditionalCP("clustered", 0.1, L, n_clusters=L).fit(s, y, clustering_mask=mask)
-    assert cl.n_clusters_ == L and len(set(cl.class_to_cluster_.tolist())) == L
+def test_one_cluster_fewer_than_clusterable_classes_runs_kmeans() -> None:
+    """M = K_c - 1 with two classes of identical clustering scores: those two share a cluster, the rest are alone."""
+    rng = np.random.default_rng(4)
+    y = np.repeat(np.arange(L), 200)
+    s = rng.beta(2.0, 5.0, y.size) * (1 + y) / L
+    mask = np.tile(np.arange(200) < 80, L)
+    s[(y == 7) & mask] = s[(y == 6) & mask]  # classes 6 and 7: the same embedding
+    cl = ClassConditionalCP("clustered", 0.1, L, n_clusters=L - 1).fit(s, y, clustering_mask=mask)
+    assert cl.null_cluster_reason_ is None and cl.n_clusters_ == L - 1 and cl.null_classes_.size == 0
+    groups = cl.class_to_cluster_
+    assert groups[6] == groups[7] and len(set(groups.tolist())) == L - 1
     cw = ClassConditionalCP("classwise", 0.1, L).fit(s[~mask], y[~mask])
-    np.testing.assert_array_equal(cl.thresholds_, cw.thresholds_)
+    np.testing.assert_array_equal(cl.thresholds_[:6], cw.thresholds_[:6])
+    pair = ~mask & (y >= 6)
+    assert cl.thresholds_[6] == cl.thresholds_[7] == split_conformal_threshold(s[pair], 0.1)
+
+
+def _many_classes(n_big: int, seed: int = 11) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """100 classes: ``100 - n_big`` with 10 points (5 for clustering), ``n_big`` with 60 (30 for clustering).
+
+    Ding et al.'s heuristic: ñ = 10, K' = 100, γ = 4/7, M = ⌊(4/7)·10/2⌋ = 2, and only the big classes have
+    ⌈(1 - α)/α⌉ = 9 clustering points, so K_c = n_big (the CIFAR-100 n_avg = 10 situation).
+    """
+    rng = np.random.default_rng(seed)
+    sizes = np.where(np.arange(100) < n_big, 60, 10)
+    y = np.repeat(np.arange(100), sizes)
+    s = rng.beta(2.0, 5.0, y.size) * np.where(y % 2 == 0, 0.4, 1.0)
+    mask = np.concatenate([np.arange(n) < n // 2 for n in sizes])
+    return s, y, mask
+
+
+def test_many_classes_heuristic_m_at_least_clusterable_falls_back_to_standard() -> None:
+    s, y, mask = _many_classes(n_big=2)
+    assert clustering_heuristic(np.bincount(y), 0.1)[1] == 2
+    cl = ClassConditionalCP("clustered", 0.1, 100).fit(s, y, clustering_mask=mask)
+    assert cl.n_clusters_requested_ == 2 and cl.n_clusterable_ == 2 and cl.n_clusters_ == 0
+    assert "M = 2 >= 2 clusterable" in cl.null_cluster_reason_
+    std = ClassConditionalCP("standard", 0.1, 100).fit(s[~mask], y[~mask])
+    np.testing.assert_array_equal(cl.thresholds_, std.thresholds_)
+    # federated, label-skewed clients, default δ: the same fallback and the federated standard threshold
+    client = np.arange(y.size) % 4
+    sel = [client == k for k in range(4)]
+    fed = fit_federated_in_process(
+        FederatedClassConditionalCP("clustered", 0.1, 100), [s[c] for c in sel], [y[c] for c in sel],
+        client_masks=[mask[c] for c in sel],
+    )
+    assert fed.n_clusters_ == 0 and fed.null_cluster_reason_ == cl.null_cluster_reason_
+    fed_std = fit_federated_in_process(
+        FederatedClassConditionalCP("standard", 0.1, 100), [s[c & ~mask] for c in sel], [y[c & ~mask] for c in sel]
+    )
+    np.testing.assert_array_equal(fed.thresholds_, fed_std.thresholds_)
+    np.testing.assert_array_equal(fed.thresholds_, std.thresholds_)  # digests this small keep every point
+    # one more clusterable class: 1 < M = 2 < K_c = 3, so k-means runs
+    s3, y3, mask3 = _many_classes(n_big=3)
+    cl3 = ClassConditionalCP("clustered", 0.1, 100).fit(s3, y3, clustering_mask=mask3)
+    assert cl3.null_cluster_reason_ is None and cl3.n_clusters_ == 2 and cl3.null_classes_.size == 97
+
+
+def test_gamma_and_fraction_describe_the_split_used() -> None:
+    s, y = _data()
+    gamma_h = clustering_heuristic(np.bincount(y, minlength=L), 0.1)[0]
+    mask = np.random.default_rng(12).random(s.size) < 0.3
+    for model in (ClassConditionalCP("clustered", 0.1, L), ClassConditionalCP("clustered", 0.1, L, gamma=0.6)):
+        model.fit(s, y, clustering_mask=mask)
+        assert model.gamma_ is None and model.clustering_fraction_ == mask.sum() / s.size
+    drawn = ClassConditionalCP("clustered", 0.1, L).fit(s, y, rng=5)
+    assert drawn.gamma_ == pytest.approx(gamma_h)
+    assert drawn.clustering_fraction_ == (np.random.default_rng(5).random(s.size) < gamma_h).sum() / s.size
+    client = _clients(y)
+    sel = [client == k for k in range(5)]
+    fed = fit_federated_in_process(FederatedClassConditionalCP("clustered", 0.1, L, gamma=0.6), [s[c] for c in sel],
+                                   [y[c] for c in sel], client_masks=[mask[c] for c in sel])
+    assert fed.gamma_ is None and fed.clustering_fraction_ == mask.sum() / s.size
+    fed = fit_federated_in_process(FederatedClassConditionalCP("clustered", 0.1, L, gamma=0.6), [s[c] for c in sel],
+                                   [y[c] for c in sel], rng=0)
+    assert fed.gamma_ == 0.6 and abs(fed.clustering_fraction_ - 0.6) < 0.05
 
 
 def test_clustered_groups_similar_classes_and_null_cluster() -> None:
@@ -117,8 +198,12 @@ def test_federated_large_delta_equals_centralized_exactly(method: str, merge: bo
     s, y = _data(3000)
     client = _clients(y)
     mask = np.random.default_rng(8).random(s.size) < 0.45
-    central = ClassConditionalCP(method, 0.1, L).fit(s, y, clustering_mask=mask)
-    fed = FederatedClassConditionalCP(method, 0.1, L, delta=1e7, merge=merge)
+    # clustered: the heuristic M = 16 >= L would give the null cluster, so ask for 3 clusters of the 8 classes
+    kw = {"n_clusters": 3} if method == "clustered" else {}
+    central = ClassConditionalCP(method, 0.1, L, **kw).fit(s, y, clustering_mask=mask)
+    if method == "clustered":
+        assert central.n_clusters_ == 3
+    fed = FederatedClassConditionalCP(method, 0.1, L, delta=1e7, merge=merge, **kw)
     fit_federated_in_process(
         fed,
         [s[client == k] for k in range(5)],
@@ -128,7 +213,7 @@ def test_federated_large_delta_equals_centralized_exactly(method: str, merge: bo
     np.testing.assert_array_equal(fed.thresholds_, central.thresholds_)
     np.testing.assert_array_equal(fed.class_to_cluster_, central.class_to_cluster_)
     # lossless digests: the conservative option changes nothing
-    cons = FederatedClassConditionalCP(method, 0.1, L, delta=1e7, conservative=True, merge=merge)
+    cons = FederatedClassConditionalCP(method, 0.1, L, delta=1e7, conservative=True, merge=merge, **kw)
     fit_federated_in_process(cons, [s[client == k] for k in range(5)], [y[client == k] for k in range(5)],
                              client_masks=[mask[client == k] for k in range(5)])
     np.testing.assert_array_equal(cons.thresholds_, central.thresholds_)

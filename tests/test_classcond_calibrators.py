@@ -81,6 +81,51 @@ def test_class_conditional_adapters_equal_direct_federated_fits(score):
     assert report.calibrators["clustered_gamma0.3_clusters3"].model.n_clusters_ == 3
 
 
+def test_clustered_adapter_null_cluster_fallback_equals_standard_on_proper_set():
+    """20 classes, 18 with 8 points (never 9 clustering points), 2 with 200: K_c = 2 on every split.
+
+    The default heuristic gives M = ⌊(2/77)·9/2⌋ = 0 and ``clusters=2`` gives M = K_c: both fall back to the null
+    cluster, so every threshold is federated standard CP's on the proper points; ``clusters=1`` too (M <= 1).
+    """
+    n_labels, gamma = 20, 20 / 95
+    rng = np.random.default_rng(5)
+    y_all = np.repeat(np.arange(n_labels), np.where(np.arange(n_labels) < 2, 200, 8))
+    client = rng.permutation(np.arange(y_all.size) % 3)
+    groups = parse_groups("0-9;10-19", n_labels=n_labels)
+    clients = []
+    for k in range(3):
+        y = y_all[client == k]
+        z = rng.normal(size=(y.size, n_labels))
+        z[np.arange(y.size), y] += 2.0
+        clients.append((np.exp(z) / np.exp(z).sum(axis=1, keepdims=True), y))
+    cals = make_calibrators(["clustered", "clustered:clusters=2", "clustered:clusters=1"], groups, 0.1)
+    report = fit_all(cals, _round(cals, clients))
+    assert not report.excluded and not report.failed_methods
+    sc = make_score("softmax")
+    scores = [sc.calibration_scores(p, y, rng=k) for k, (p, y) in enumerate(clients)]
+    masks = [split_clustering(y, gamma, np.random.default_rng([0, k, 3])) for k, (_, y) in enumerate(clients)]
+    standard = cc_fit(
+        FederatedClassConditionalCP("standard", 0.1, n_labels, delta=250),
+        [s[~m] for s, m in zip(scores, masks)], [y[~m] for (_, y), m in zip(clients, masks)],
+    )
+    n_clust = sum(int(m.sum()) for m in masks)
+    for name, m_req, reason in (
+        ("clustered", 0, "M = 0 <= 1"), ("clustered_clusters2", 2, "M = 2 >= 2 clusterable"), ("clustered_clusters1", 1, "<= 1"),
+    ):
+        cal = report.calibrators[name]
+        np.testing.assert_array_equal(cal.label_thresholds, standard.thresholds_)
+        info = json.loads(json.dumps(cal.info()))
+        assert info["fallback"] is True and reason in info["null_cluster_reason"], (name, info["null_cluster_reason"])
+        assert info["n_clusters"] == 0 and info["n_clusters_requested"] == m_req and info["n_clusterable"] == 2
+        assert info["null_classes"] == list(range(n_labels)) and info["gamma"] == pytest.approx(gamma)
+        assert info["clustering_fraction"] == pytest.approx(n_clust / y_all.size)
+    # the non-fallback case reports fallback False
+    cals = make_calibrators(["clustered:gamma=0.3:clusters=3"], GROUPS, 0.1)
+    info = fit_all(cals, _round(cals, _clients(1))).calibrators["clustered_gamma0.3_clusters3"].info()
+    assert info["fallback"] is False and info["null_cluster_reason"] is None and info["n_clusters"] == 3
+    assert info["gamma"] == 0.3
+
+
 def test_set_valued_adapters_equal_direct_federated_fits():
     clients = _clients(2)
     probs = [p for p, _ in clients]

@@ -54,8 +54,11 @@ One-round protocols (no extra round is added to the strategies)
   points, i.e. a count round. The Flower round uses the one-round variant that ``classcond`` supports with a
   given γ: the clients split with ``gamma`` (option) or, by default, ``γ = L/(L + 75)``, which *is* the heuristic
   whenever every class has at least ``⌈(1 - α)/α⌉`` calibration points in the federation (then ``K' = L``). The
-  number of clusters M still comes from the heuristic on the exact merged class counts (or ``clusters=``). The
+  number of clusters M still comes from the heuristic on the exact merged class counts (or ``clusters=``); unless
+  ``1 < M < K_c`` (classes with enough clustering points) every class uses the null cluster, i.e. the standard
+  threshold of the proper set, and ``info()`` says so (``fallback``, ``null_cluster_reason``). The
   split uses the client's ``rng`` (the Flower client passes a seed derived from ``seed`` and its partition id).
+  Heuristics and rules: ``docs/class_conditional.md``.
 * ``fbeta``: :meth:`~flwr_gcfcp.methods.setvalued.SetValuedClassifier.fit_federated` brackets the root in a first round and
   solves it exactly on the bracketed values in a second. Here the clients instead send one T-digest of all their
   ``p̂_l(x_i)`` (the block ``avg_size`` also uses) and the server takes the exact root of
@@ -439,14 +442,22 @@ class ClassConditionalCalibrator(Calibrator):
         return {"rule": np.array([RULE_LABELS], dtype=np.int64), "label_thresholds": self.label_thresholds}
 
     def info(self) -> dict:
-        """What the fit chose (clusters, γ), JSON-able."""
+        """What the fit chose, JSON-able.
+
+        Clustered: ``gamma`` (the γ the clients split with), ``clustering_fraction`` (realised share of clustering
+        points), ``n_clusters`` (clusters used, 0 when every class is in the null cluster), ``n_clusters_requested``
+        (M), ``n_clusterable`` (classes with at least ``⌈(1 - α)/α⌉`` clustering points), ``fallback`` and
+        ``null_cluster_reason`` (every class in the null cluster, and why), ``class_to_cluster``, ``null_classes``.
+        """
         self._check_fitted()
         m = self.model
         out = {"method": self.method, "delta": self.delta, "conservative": self.conservative}
         if self.method == "clustered":
             out.update(
-                gamma=m.gamma_, n_clusters=int(m.n_clusters_), class_to_cluster=m.class_to_cluster_.tolist(),
-                null_classes=m.null_classes_.tolist(),
+                gamma=m.gamma_, clustering_fraction=m.clustering_fraction_, n_clusters=int(m.n_clusters_),
+                n_clusters_requested=int(m.n_clusters_requested_), n_clusterable=int(m.n_clusterable_),
+                fallback=m.null_cluster_reason_ is not None, null_cluster_reason=m.null_cluster_reason_,
+                class_to_cluster=m.class_to_cluster_.tolist(), null_classes=m.null_classes_.tolist(),
             )
         out["class_counts"] = m.class_counts_.tolist()
         return out

@@ -17,8 +17,11 @@ All three methods give one threshold per class ``q[y]`` and the set ``C(x) = {y 
     groups the embeddings into M clusters; each cluster's threshold is the split-CP order statistic of the
     proper-set scores of its classes (``+inf`` with a warning when the cluster has too few points).
     Heuristic (Ding et al. App. B.3 and their code): ``ñ = max(min_y n_y, ⌈(1 - α)/α⌉)`` over the full calibration
-    counts, ``K' = #{y : n_y >= ñ}``, ``γ = K'/(K' + 75)``, ``M = ⌊γ ñ / 2⌋`` (at least 1, at most the number of
-    non-null classes). Both are overridable (``gamma=``, ``n_clusters=``).
+    counts, ``K' = #{y : n_y >= ñ}``, ``γ = K'/(K' + 75)``, ``M = ⌊γ ñ / 2⌋``. Both are overridable (``gamma=``,
+    ``n_clusters=``). Null-cluster rule (their code): k-means runs only when ``1 < M < K_c``, ``K_c`` being the
+    number of classes with at least ``⌈(1 - α)/α⌉`` clustering points; otherwise *every* class goes to the null
+    cluster, so clustered CP is standard CP on the proper set (``null_cluster_reason_`` says why). The heuristics,
+    this rule and the deliberate differences from Ding et al.'s code are in ``docs/class_conditional.md``.
 
 Ranks are integers: the threshold of a pool of ``W`` points is its ``k``-th smallest score with
 ``k = quantiles.conformal_rank(W, α) = ⌈(W + 1)(1 - α)⌉`` (``+inf`` when ``k > W``).
@@ -72,6 +75,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..core.quantiles import conformal_rank
 from ..core.validation import (
     InsufficientDataWarning,
     alpha_fraction,
@@ -90,6 +94,7 @@ __all__ = [
     "clustering_heuristic",
     "fit_federated_in_process",
     "min_points",
+    "null_cluster_reason",
     "split_clustering",
 ]
 
@@ -101,11 +106,6 @@ _PARTS = ("clust", "proper")
 # ----------------------------------------------------------------------------------------------- integer ranks
 def _conformal_rank(n: int, alpha: object) -> int:
     """``ceil((n + 1)(1 - α))`` exactly (delegates to :func:`flwr_gcfcp.core.quantiles.conformal_rank`)."""
-    try:
-        from ..core.quantiles import conformal_rank
-    except ImportError:  # quantiles.py not available: same exact integer formula
-        a = alpha_fraction(alpha)
-        return int(math.ceil((n + 1) * (1 - a)))
     return int(conformal_rank(int(n), alpha))
 
 
@@ -203,13 +203,16 @@ def _check_gamma(gamma: object) -> float:
 def clustering_heuristic(class_counts: object, alpha: object) -> tuple[float, int]:
     """Ding et al.'s γ and M from the full calibration counts per class.
 
-    ``ñ = max(min_y n_y, ⌈(1 - α)/α⌉)``, ``K' = #{y : n_y >= ñ}``, ``γ = K'/(K' + 75)``, ``M = max(1, ⌊γ ñ / 2⌋)``.
-    (Ding et al.'s code rounds ``γ ñ`` down before using it as γ; ``M`` is the same either way.)
+    ``ñ = max(min_y n_y, ⌈(1 - α)/α⌉)``, ``K' = #{y : n_y >= ñ}``, ``γ = K'/(K' + 75)``, ``M = ⌊γ ñ / 2⌋``.
+    (Ding et al.'s code rounds ``γ ñ`` down before using it as γ; ``M`` is the same either way.) ``M`` may be 0 or 1,
+    or exceed the number of classes that turn out clusterable: the fit then uses the null cluster for every class
+    (:func:`null_cluster_reason`).
 
     Returns
     -------
     gamma : float
     n_clusters : int
+        ``M >= 0``.
     """
     counts = np.asarray(class_counts, dtype=np.int64)
     if counts.ndim != 1 or counts.size == 0 or (counts < 0).any():
@@ -217,10 +220,35 @@ def clustering_heuristic(class_counts: object, alpha: object) -> tuple[float, in
     n_tilde = max(int(counts.min()), min_points(alpha))
     k_rem = int((counts >= n_tilde).sum())
     if k_rem == 0:
-        return 0.0, 1
+        return 0.0, 0
     gamma = Fraction(k_rem, k_rem + 75)
-    n_clusters = max(1, int(math.floor(gamma * n_tilde / 2)))
-    return float(gamma), n_clusters
+    return float(gamma), int(math.floor(gamma * n_tilde / 2))
+
+
+def null_cluster_reason(n_clusters: int, n_clusterable: int, need: int) -> str | None:
+    """Why clustered CP puts every class in the null cluster, or None when it runs k-means.
+
+    Ding et al.'s rule (their code): k-means runs only when ``1 < M < K_c``, ``K_c`` being the number of classes
+    with at least ``need = ⌈(1 - α)/α⌉`` clustering points. Otherwise every class gets the standard threshold of the
+    proper set: with ``M <= 1`` there is nothing to separate, and with ``M >= K_c`` k-means could only make
+    (near-)singleton clusters, each calibrated on the few proper-set points of one class (often ``+inf``).
+
+    Parameters
+    ----------
+    n_clusters : int
+        The requested M (heuristic or given).
+    n_clusterable : int
+        ``K_c``.
+    need : int
+        ``⌈(1 - α)/α⌉`` (only quoted in the message).
+    """
+    if n_clusterable == 0:
+        return f"no class has at least {need} clustering points"
+    if n_clusters <= 1:
+        return f"M = {n_clusters} <= 1"
+    if n_clusters >= n_clusterable:
+        return f"M = {n_clusters} >= {n_clusterable} clusterable classes (at least {need} clustering points each)"
+    return None
 
 
 def _check_positive_int(value: object, name: str) -> int:
@@ -255,7 +283,8 @@ class ClassConditionalCP:
     gamma : float in [0, 1], optional
         Clustering fraction (clustered only); default: Ding et al.'s heuristic.
     n_clusters : int >= 1, optional
-        Number of k-means clusters M (clustered only); default: heuristic. Capped at the number of non-null classes.
+        Number of k-means clusters M (clustered only); default: heuristic. Unless ``1 < M < K_c`` (``K_c`` classes
+        with enough clustering points) every class goes to the null cluster (:func:`null_cluster_reason`).
     quantile_levels : sequence of float
         Embedding quantile levels (default 0.5, 0.6, 0.7, 0.8, 0.9).
     n_init : int
@@ -273,7 +302,15 @@ class ClassConditionalCP:
         Clustered: cluster of each class, ``-1`` for the null cluster. Standard: all 0. Classwise: ``arange(L)``.
     cluster_thresholds_ : numpy.ndarray
         Clustered: threshold per cluster. ``null_threshold_``: the null cluster's (standard) threshold.
-    gamma_, n_clusters_ : the values used (clustered).
+    n_clusters_ : int
+        Clusters used (clustered: 0 when every class is in the null cluster).
+    gamma_ : float or None
+        Clustered: the γ the clustering split was drawn with; None when the caller gave the split.
+    clustering_fraction_ : float or None
+        Clustered: realised fraction of calibration points in the clustering set (None without points).
+    n_clusters_requested_, n_clusterable_, null_cluster_reason_
+        Clustered: the M asked for (heuristic or ``n_clusters``), the number ``K_c`` of classes with at least
+        ``⌈(1 - α)/α⌉`` clustering points, and why every class went to the null cluster (None when k-means ran).
     class_counts_ : numpy.ndarray of int, shape (L,)
         Calibration points per class (all parts).
     """
@@ -360,7 +397,8 @@ class ClassConditionalCP:
             Calibration scores ``s(x_i, y_i)``, or probabilities when a ``score`` was given.
         labels : array_like of int, shape (n,)
         clustering_mask : array_like of bool, shape (n,), optional
-            Clustered only: True for clustering-set points. Default: drawn with probability γ from ``rng``.
+            Clustered only: True for clustering-set points (then ``gamma_`` is None: no γ was used). Default: drawn
+            with probability γ from ``rng``.
         rng : None, int or numpy.random.Generator
             Randomness of the split (and of randomized scores when probabilities are given).
 
@@ -380,7 +418,8 @@ class ClassConditionalCP:
         gamma = self.gamma if self.gamma is not None else clustering_heuristic(counts, self._alpha_raw)[0]
         mask = self._resolve_mask(y, clustering_mask, gen, gamma)
         parts = {"clust": self._by_class(s[mask], y[mask]), "proper": self._by_class(s[~mask], y[~mask])}
-        return self._fit_parts(parts, counts, gamma=gamma)
+        # a caller-given mask was not drawn with γ: report no γ rather than one that was not used
+        return self._fit_parts(parts, counts, gamma=None if clustering_mask is not None else gamma)
 
     def _by_class(self, s: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         order = np.argsort(y, kind="stable")
@@ -420,30 +459,26 @@ class ClassConditionalCP:
         # clustered
         cv, cw = parts["clust"]
         clust_counts = np.array([int(np.sum(w)) for w in cw], dtype=np.int64)
+        total = int(np.sum(counts))
+        self.clustering_fraction_ = float(Fraction(int(clust_counts.sum()), total)) if total else None
         nonnull = np.flatnonzero(clust_counts >= need)
         null_thr, _ = _pool_threshold(pv, pw, alpha, eps)
         if not np.isfinite(null_thr):
             _warn_insufficient("pools (the proper calibration set, null cluster)", [0], alpha, need)
-        if self.n_clusters is not None:
-            m = self.n_clusters
-        else:
-            m = clustering_heuristic(counts, alpha)[1]
-        m = int(max(1, min(m, len(nonnull)))) if len(nonnull) else 0
+        m_req = self.n_clusters if self.n_clusters is not None else clustering_heuristic(counts, alpha)[1]
+        reason = null_cluster_reason(m_req, nonnull.size, need)
+        m = 0 if reason is not None else m_req
         assign = np.full(L, -1, dtype=np.int64)
-        if m >= 1:
-            emb = np.stack([_step_quantiles(cv[c], cw[c], self.quantile_levels) for c in nonnull])
-            if m == 1:
-                km_labels = np.zeros(len(nonnull), dtype=np.int64)
-            else:
-                from sklearn.cluster import KMeans
-                from threadpoolctl import threadpool_limits
+        if m:
+            from sklearn.cluster import KMeans
+            from threadpoolctl import threadpool_limits
 
-                # one thread: on ~100 points OpenMP start-up costs 10x the fit itself
-                with warnings.catch_warnings(), threadpool_limits(1):
-                    warnings.simplefilter("ignore")  # fewer distinct embeddings than clusters
-                    km = KMeans(n_clusters=m, n_init=self.n_init, random_state=self.random_state)
-                    km_labels = km.fit(emb, sample_weight=np.sqrt(clust_counts[nonnull].astype(np.float64))).labels_
-            assign[nonnull] = km_labels
+            emb = np.stack([_step_quantiles(cv[c], cw[c], self.quantile_levels) for c in nonnull])
+            # one thread: on ~100 points OpenMP start-up costs 10x the fit itself
+            with warnings.catch_warnings(), threadpool_limits(1):
+                warnings.simplefilter("ignore")  # fewer distinct embeddings than clusters
+                km = KMeans(n_clusters=m, n_init=self.n_init, random_state=self.random_state)
+                assign[nonnull] = km.fit(emb, sample_weight=np.sqrt(clust_counts[nonnull].astype(np.float64))).labels_
             self.embeddings_ = emb
         else:
             self.embeddings_ = np.empty((0, len(self.quantile_levels)))
@@ -459,6 +494,9 @@ class ClassConditionalCP:
         self.cluster_thresholds_ = cluster_thr
         self.null_threshold_ = null_thr
         self.n_clusters_ = m
+        self.n_clusters_requested_ = int(m_req)
+        self.n_clusterable_ = int(nonnull.size)
+        self.null_cluster_reason_ = reason
         self.null_classes_ = np.flatnonzero(assign < 0)
         return self
 
@@ -639,13 +677,19 @@ class FederatedClassConditionalCP(ClassConditionalCP):
                 raise ValueError(f"summaries[{i}]['{part}/means'] must be finite")
 
     # ---- server
-    def fit(self, summaries: Sequence[Mapping[str, np.ndarray]]) -> "FederatedClassConditionalCP":  # type: ignore[override]
+    def fit(  # type: ignore[override]
+        self, summaries: Sequence[Mapping[str, np.ndarray]], *, masks_given: bool = False
+    ) -> "FederatedClassConditionalCP":
         """Server: merge the client digests per class and calibrate (see the module docstring).
 
         Parameters
         ----------
         summaries : sequence of dict
             One :meth:`summarize` payload per client.
+        masks_given : bool
+            Clustered: True when the clients split with caller-given clustering masks rather than with γ. The server
+            cannot see how a client split, so ``gamma_`` is the γ the clients were given (constructor or
+            :meth:`plan`) unless this says otherwise (then None). ``clustering_fraction_`` is always the realised one.
 
         Returns
         -------
@@ -698,7 +742,7 @@ class FederatedClassConditionalCP(ClassConditionalCP):
                 stacklevel=2,
             )
         gamma = None
-        if self.method == "clustered":
+        if self.method == "clustered" and not masks_given:
             gamma = self.gamma if self.gamma is not None else getattr(self, "gamma_planned_", None)
         return self._fit_parts(merged, counts, gamma=gamma)
 
@@ -731,4 +775,4 @@ def fit_federated_in_process(
     for j, (s, y) in enumerate(zip(client_scores, client_labels)):
         mask = None if client_masks is None else client_masks[j]
         payloads.append(model.summarize(s, y, clustering_mask=mask, rng=gen, gamma=gamma))
-    return model.fit(payloads)
+    return model.fit(payloads, masks_given=client_masks is not None)
