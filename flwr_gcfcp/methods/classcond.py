@@ -204,7 +204,7 @@ def clustering_heuristic(class_counts: object, alpha: object) -> tuple[float, in
     """Ding et al.'s γ and M from the full calibration counts per class.
 
     ``ñ = max(min_y n_y, ⌈(1 - α)/α⌉)``, ``K' = #{y : n_y >= ñ}``, ``γ = K'/(K' + 75)``, ``M = ⌊γ ñ / 2⌋``.
-    (Ding et al.'s code rounds ``γ ñ`` down before using it as γ; ``M`` is the same either way.) ``M`` may be 0 or 1,
+    (Ding et al.'s code uses ``⌊γ ñ⌋/ñ`` as γ; ``M`` is the same either way.) ``M`` may be 0 or 1,
     or exceed the number of classes that turn out clusterable: the fit then uses the null cluster for every class
     (:func:`null_cluster_reason`).
 
@@ -231,7 +231,7 @@ def null_cluster_reason(n_clusters: int, n_clusterable: int, need: int) -> str |
     Ding et al.'s rule (their code): k-means runs only when ``1 < M < K_c``, ``K_c`` being the number of classes
     with at least ``need = ⌈(1 - α)/α⌉`` clustering points. Otherwise every class gets the standard threshold of the
     proper set: with ``M <= 1`` there is nothing to separate, and with ``M >= K_c`` k-means could only make
-    (near-)singleton clusters, each calibrated on the few proper-set points of one class (often ``+inf``).
+    (near-)singleton clusters, each calibrated on the few proper-set points of one class (``+inf`` below ``need``).
 
     Parameters
     ----------
