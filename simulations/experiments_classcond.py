@@ -231,7 +231,7 @@ def run_set_valued(
     Returns
     -------
     dict
-        ``{"frameworks": {NAME: {"param_name", "param", "error", "size", "error_se", "size_se"}},
+        ``{"frameworks": {NAME: {"param_name", "param", "error", "size", "error_se", "size_se", "error_draws"}},
         "federated": {NAME: {...}}, "config": {...}, "temperatures": [T per draw]}``. NAME in top_k,
         average_size, pointwise_error, average_error, penalized, f_beta, hybrid_size. ``temperatures``: the
         point-wise error temperature fitted on each draw (centralized; on the scaled probabilities if
@@ -314,6 +314,7 @@ def run_set_valued(
                 stats = [_summ(vals) for vals in store[name][key]]
                 entry[key] = [s[0] for s in stats]
                 entry[f"{key}_se"] = [s[1] for s in stats]
+            entry["error_draws"] = [[float(e) for e in vals] for vals in store[name]["error"]]
             res[name] = entry
         return res
 
