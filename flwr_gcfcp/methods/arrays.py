@@ -2,7 +2,8 @@
 the saved class-conditional / set-valued predictor (:class:`ArraysPredictor`).
 
 Rule 0 (no ``rule`` key): per-atom thresholds of the group / marginal methods. Rule 1: per-label thresholds
-(class-conditional). Rule 2: a fitted set-valued rule on the probability rows.
+(class-conditional). Rule 2: a fitted set-valued rule on the probability rows (``offset``, the point-wise error
+offset r, is absent from arrays written before it existed and then read as 0).
 """
 
 from __future__ import annotations

@@ -61,9 +61,9 @@ Federation (no raw values leave a client except where stated):
   ``log T`` through the argmin and its two grid neighbours. The centralized fit is the same computation on the same
   integers, so the two give the same temperature exactly (bit for bit). On the default grid (×1.023 spacing) the
   refined T was within 0.02 % of the continuous NLL optimum (scipy) on the calibration halves of the committed
-  CIFAR-10/100 ResNet-56 runs (5 draws each; the grid point alone: up to 1.1 %). The NLL is unimodal in T (convex in 1/T), so the optimum lies between the argmin's
-  neighbours, and the vertex lies within half a grid step of the argmin; an argmin at either end of the grid is
-  kept as it is.
+  CIFAR-10/100 ResNet-56 runs (5 draws each; the grid point alone: up to 1.1 %). The NLL is unimodal in T (convex
+  in 1/T), so the optimum lies between the argmin's neighbours, and the vertex lies within half a grid step of the
+  argmin; an argmin at either end of the grid is kept as it is.
 * Point-wise error offset (eq. 5): ``k̂_ε(x) = min{k : Σ_{l<=k} p̂_(l)(x) >= 1 - ε + r}`` (capped at L, so
   ``r >= ε`` gives the full set). ``offset=r`` (a number >= 0, default 0) or ``offset="sqrt"``: the survey's
   ``r = sqrt(L/n)`` with ``n`` the (pooled) number of labeled points the temperature is fitted on.
@@ -154,13 +154,13 @@ def _check_beta(beta: object) -> float:
 
 
 def _check_size_rule(rule: object) -> str:
-    if rule not in SIZE_RULES:
+    if not isinstance(rule, str) or rule not in SIZE_RULES:
         raise ValueError(f"size_rule must be one of {list(SIZE_RULES)}, got {rule!r}")
     return str(rule)
 
 
 def _check_offset(offset: object) -> float | str:
-    if offset == "sqrt":
+    if isinstance(offset, str) and offset == "sqrt":
         return "sqrt"
     if not _is_number(offset) or float(offset) < 0:
         raise ValueError(f"offset must be a finite number >= 0 or 'sqrt' (r = sqrt(L/n)), got {offset!r}")
