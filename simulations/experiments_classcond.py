@@ -28,7 +28,7 @@ import numpy as np
 
 from flwr_gcfcp.methods.classcond import ClassConditionalCP, FederatedClassConditionalCP, clustering_heuristic, fit_federated_in_process
 from flwr_gcfcp.core.scores import make_score
-from flwr_gcfcp.methods.setvalued import SetValuedClassifier
+from flwr_gcfcp.methods.setvalued import SetValuedClassifier, fit_temperature
 from flwr_gcfcp.methods.setvalued import fit_federated_in_process as fit_setvalued_federated
 from flwr_gcfcp.core.validation import InsufficientDataWarning, check_alpha, check_labels, check_probabilities
 
@@ -188,6 +188,11 @@ def run_class_conditional(
 
 
 # ---------------------------------------------------------------------------------------------------- set-valued
+def _softmax_rows(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def _err_size(mask: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return float(1 - mask[np.arange(labels.size), labels].mean()), float(mask.sum(axis=1).mean())
 
@@ -208,6 +213,7 @@ def run_set_valued(
     dirichlet_alpha: float = 0.5,
     delta: float = 2500,
     federated: bool = True,
+    temperature_scaled: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """The survey's comparisons on one model's outputs.
@@ -218,12 +224,18 @@ def run_set_valued(
     point-wise error's temperature) calibrate from the first half partitioned over ``n_clients`` clients
     (Dirichlet label skew) and are evaluated on the same held-out half.
 
+    ``temperature_scaled=True``: every framework works on ``softmax(log p̂ / T)`` with T fitted (NLL, refined grid)
+    on each draw's calibration half (the federated fit gives the same T exactly); the point-wise temperature fit
+    then finds T ≈ 1.
+
     Returns
     -------
     dict
-        ``{"frameworks": {NAME: {"param_name", "param", "error", "size", "error_se", "size_se"}},
-        "federated": {NAME: {...}}, "config": {...}}``. NAME in top_k, average_size, pointwise_error,
-        average_error, penalized, f_beta, hybrid_size.
+        ``{"frameworks": {NAME: {"param_name", "param", "error", "size", "error_se", "size_se", "error_draws"}},
+        "federated": {NAME: {...}}, "config": {...}, "temperatures": [T per draw]}``. NAME in top_k,
+        average_size, pointwise_error, average_error, penalized, f_beta, hybrid_size. ``temperatures``: the
+        point-wise error temperature fitted on each draw (centralized; on the scaled probabilities if
+        ``temperature_scaled``), and with ``temperature_scaled`` also ``scaling_temperatures``.
     """
     p = check_probabilities(probs)
     n, L = p.shape
@@ -249,12 +261,18 @@ def run_set_valued(
     fed_names = ("average_size", "pointwise_error", "average_error", "f_beta", "hybrid_size")
     raw = {name: {"error": [[] for _ in spec[1]], "size": [[] for _ in spec[1]]} for name, spec in specs.items()}
     raw_fed = {name: {"error": [[] for _ in specs[name][1]], "size": [[] for _ in specs[name][1]]} for name in fed_names}
+    temps: list[float] = []
+    scaling: list[float] = []
     for t in range(int(mc)):
         rng = np.random.default_rng([int(seed), t])
         perm = rng.permutation(n)
         cal, test = perm[: n // 2], perm[n // 2 :]
         pc, yc, zc = p[cal], y[cal], logits[cal]
         pt, yt, zt = p[test], y[test], logits[test]
+        if temperature_scaled:
+            scaling.append(fit_temperature(zc, yc))
+            pc, pt = _softmax_rows(zc / scaling[-1]), _softmax_rows(zt / scaling[-1])
+            zc, zt = np.log(np.maximum(pc, 1e-300)), np.log(np.maximum(pt, 1e-300))
         client = dirichlet_clients(yc, n_clients, dirichlet_alpha, seed=int(rng.integers(2**31))) if federated else None
         sel = [client == k for k in range(n_clients)] if federated else []
         temp_c = temp_f = None
@@ -269,6 +287,7 @@ def run_set_valued(
                         model.fit(pc, yc, logits=zc)
                         if name == "pointwise_error":
                             temp_c = model.temperature_
+                            temps.append(float(temp_c))
                     e, s = _err_size(model.predict(pt, logits=zt) if name == "pointwise_error" else model.predict(pt), yt)
                     raw[name]["error"][j].append(e)
                     raw[name]["size"][j].append(s)
@@ -295,6 +314,7 @@ def run_set_valued(
                 stats = [_summ(vals) for vals in store[name][key]]
                 entry[key] = [s[0] for s in stats]
                 entry[f"{key}_se"] = [s[1] for s in stats]
+            entry["error_draws"] = [[float(e) for e in vals] for vals in store[name]["error"]]
             res[name] = entry
         return res
 
@@ -302,7 +322,10 @@ def run_set_valued(
         "frameworks": collect(raw, list(specs)),
         "federated": collect(raw_fed, list(fed_names)) if federated else {},
         "config": {"mc": int(mc), "seed": int(seed), "n_points": int(n), "n_classes": int(L), "hybrid_k": int(hybrid_k),
-                   "delta": float(delta), "n_clients": int(n_clients), "dirichlet_alpha": float(dirichlet_alpha)},
+                   "delta": float(delta), "n_clients": int(n_clients), "dirichlet_alpha": float(dirichlet_alpha),
+                   "size_rule": "survey", "temperature_scaled": bool(temperature_scaled)},
+        "temperatures": temps,
+        **({"scaling_temperatures": scaling} if temperature_scaled else {}),
     }
 
 
@@ -370,7 +393,14 @@ def write_set_valued_table(result: Mapping, path: str | Path, title: str | None 
     cfg = result.get("config", {})
     if cfg:
         lines += [f"mc={cfg.get('mc')}, seed={cfg.get('seed')}, n={cfg.get('n_points')} (half calibration, half held out), "
-                  f"hybrid k={cfg.get('hybrid_k')}, federated: {cfg.get('n_clients')} clients, delta={cfg.get('delta')}", ""]
+                  f"hybrid k={cfg.get('hybrid_k')}, federated: {cfg.get('n_clients')} clients, delta={cfg.get('delta')}, "
+                  f"size rule: {cfg.get('size_rule', 'exact_size')}"
+                  + (", temperature-scaled probabilities" if cfg.get("temperature_scaled") else ""), ""]
+    if result.get("scaling_temperatures"):
+        lines += ["temperature scaling the probabilities, per draw: "
+                  + ", ".join(f"{t:.4f}" for t in result["scaling_temperatures"]), ""]
+    if result.get("temperatures"):
+        lines += ["point-wise error temperature, per draw: " + ", ".join(f"{t:.4f}" for t in result["temperatures"]), ""]
     lines += ["| framework | parameter | error | size | fed. error | fed. size |", "|---|---|---:|---:|---:|---:|"]
     fed = result.get("federated", {})
     for name, res in result["frameworks"].items():

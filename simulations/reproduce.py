@@ -611,6 +611,8 @@ def exp_dispatch(experiment: str, args, command: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     progress, close = _progress_callback(args.progress, experiment)
     stem = experiment.replace("-", "_") + ("" if not args.logits else f"_{path.stem}")
+    if experiment == "set-valued" and args.temperature_scaled:
+        stem += "_ts"
     try:
         if experiment == "class-conditional":
             n_avg = [int(v) for v in _parse_floats(args.n_avg or "10,20,30,40,50,75", "n_avg")]
@@ -623,8 +625,11 @@ def exp_dispatch(experiment: str, args, command: str) -> dict:
             ecc.plot_class_conditional(result, out / f"{stem}.png", title=title)
         else:
             delta = _parse_floats(args.deltas or "2500", "deltas")[0]
-            result = ecc.run_set_valued(probs, labels, args.mc, args.seed, delta=delta, progress=progress)
-            title = f"Set-valued classification on {path.name} ({args.mc} draws)"
+            result = ecc.run_set_valued(
+                probs, labels, args.mc, args.seed, delta=delta, temperature_scaled=args.temperature_scaled, progress=progress
+            )
+            scaled = ", temperature-scaled" if args.temperature_scaled else ""
+            title = f"Set-valued classification on {path.name} ({args.mc} draws{scaled})"
             text = ecc.write_set_valued_table(result, out / f"{stem}.md", title=title)
             ecc.plot_set_valued(result, out / f"{stem}.png", title=title)
     finally:
@@ -671,6 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="scores: output file stem")
     p.add_argument("--n-avg", default=None, help="class-conditional: average calibration points per class, e.g. 10,20,50")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--temperature-scaled", action="store_true",
+                   help="set-valued: every framework on temperature-scaled probabilities (T fitted per draw); stem + _ts")
     return p
 
 

@@ -131,10 +131,12 @@ def test_set_valued_adapters_equal_direct_federated_fits():
     probs = [p for p, _ in clients]
     labels = [y for _, y in clients]
     methods = ["avg_size:2", "hybrid:3:1.5", "avg_error", "avg_error:0.05:conservative=true", "pointwise:0.1",
-               "topk:2", "penalized:0.2", "fbeta", "fbeta:2:delta=1e9"]
+               "topk:2", "penalized:0.2", "fbeta", "fbeta:2:delta=1e9", "avg_size:2:rule=exact_size",
+               "hybrid:3:1.5:rule=exact_size", "pointwise:0.1:offset=sqrt", "pointwise:0.05:ts=false:offset=0.02"]
     cals = make_calibrators(methods, GROUPS, 0.1)
     assert list(cals) == ["avg_size_2", "hybrid_3_1.5", "avg_error", "avg_error_0.05_conservativetrue", "pointwise_0.1",
-                          "topk_2", "penalized_0.2", "fbeta", "fbeta_2_delta1000000000"]
+                          "topk_2", "penalized_0.2", "fbeta", "fbeta_2_delta1000000000", "avg_size_2_ruleexact_size",
+                          "hybrid_3_1.5_ruleexact_size", "pointwise_0.1_offsetsqrt", "pointwise_0.05_tsfalse_offset0.02"]
     report = fit_all(cals, _round(cals, clients))
     assert not report.excluded and not report.failed_methods
     direct = {
@@ -147,15 +149,28 @@ def test_set_valued_adapters_equal_direct_federated_fits():
         "pointwise_0.1": sv_fit(SetValuedClassifier("pointwise_error", epsilon=0.1), probs, labels),
         "topk_2": SetValuedClassifier("top_k", k=2),
         "penalized_0.2": SetValuedClassifier("penalized", lam=0.2),
+        "avg_size_2_ruleexact_size": sv_fit(SetValuedClassifier("average_size", k_bar=2, size_rule="exact_size"), probs),
+        "hybrid_3_1.5_ruleexact_size": sv_fit(
+            SetValuedClassifier("hybrid_size", k=3, k_bar=1.5, size_rule="exact_size"), probs
+        ),
+        "pointwise_0.1_offsetsqrt": sv_fit(SetValuedClassifier("pointwise_error", epsilon=0.1, offset="sqrt"), probs, labels),
+        "pointwise_0.05_tsfalse_offset0.02": SetValuedClassifier(
+            "pointwise_error", epsilon=0.05, temperature_scaling=False, offset=0.02
+        ),
     }
     p_test = _clients(9, sizes=(500,))[0][0]
     for name, model in direct.items():
         cal = report.calibrators[name]
         assert getattr(cal.model, "threshold_", None) == getattr(model, "threshold_", None), name
         assert getattr(cal.model, "temperature_", None) == getattr(model, "temperature_", None), name
+        assert getattr(cal.model, "offset_", None) == getattr(model, "offset_", None), name
         mask = set_mask_from_arrays(predictor_arrays(cal), None, None, None, probs=p_test)
         np.testing.assert_array_equal(mask, model.predict(p_test), err_msg=name)
         np.testing.assert_array_equal(mask, cal.predict(None, None, probs=p_test), err_msg=name)
+    # the default size rule is the survey's Ĝ⁻¹ (one order statistic more than exact_size: a lower threshold)
+    for base in ("avg_size_2", "hybrid_3_1.5"):
+        assert report.calibrators[base].model.threshold_ < report.calibrators[f"{base}_ruleexact_size"].model.threshold_
+    assert report.calibrators["pointwise_0.1_offsetsqrt"].model.offset_ == np.sqrt(L / sum(len(y) for y in labels))
     # F_beta: one round on merged digests; exact root when the digests keep every point, close at delta = 250
     pooled = np.concatenate(probs)
     assert report.calibrators["fbeta_2_delta1000000000"].model.threshold_ == pytest.approx(fbeta_threshold(pooled, 2), abs=1e-12)
@@ -183,6 +198,12 @@ def test_method_syntax_errors_name_the_value():
         "classwise:3": "too many values",
         "avg_error:conservative=maybe": "'maybe'",
         "avg_size:delta=5:2": "after a key=value option",
+        "avg_size:2:rule=median": "size_rule must be one of",
+        "hybrid:3:1.5:rule=": "size_rule must be one of",
+        "pointwise:offset=-0.1": "offset must be a finite number >= 0",
+        "pointwise:offset=abc": "'abc'",
+        "pointwise:ts=false:offset=sqrt": "needs temperature_scaling=True",
+        "topk:2:rule=survey": "unknown option 'rule'",
         "no_such_method": "choose from",
     }
     for spec, msg in bad.items():
@@ -217,7 +238,7 @@ def test_labels_and_probs_are_required_and_malformed_blocks_exclude_the_client()
 
 def test_saved_predictor_round_trips(tmp_path):
     clients = _clients(4)
-    cals = make_calibrators(["classwise", "hybrid:3:1.5", "pointwise:0.1"], GROUPS, 0.1)
+    cals = make_calibrators(["classwise", "hybrid:3:1.5", "pointwise:0.1", "pointwise:0.1:offset=sqrt"], GROUPS, 0.1)
     report = fit_all(cals, _round(cals, clients))
     p_test = _clients(8, sizes=(200,))[0][0]
     sm = make_score("softmax").score_matrix(p_test)
@@ -226,6 +247,16 @@ def test_saved_predictor_round_trips(tmp_path):
         path.write_text(json.dumps(cal.predictor()))
         loaded = ArraysPredictor.load(path)
         np.testing.assert_array_equal(loaded.predict(sm, probs=p_test), cal.predict(sm, None, probs=p_test))
+    # predictors saved before the offset existed (no "offset" array) still load, with r = 0
+    old = report.calibrators["pointwise_0.1"].predictor()
+    assert old["arrays"].pop("offset") == [0.0]
+    path = tmp_path / "predictor_old.json"
+    path.write_text(json.dumps(old))
+    np.testing.assert_array_equal(
+        ArraysPredictor.load(path).predict(sm, probs=p_test), report.calibrators["pointwise_0.1"].predict(sm, None, probs=p_test)
+    )
+    with_offset = report.calibrators["pointwise_0.1_offsetsqrt"]
+    assert with_offset.predictor()["arrays"]["offset"] == [with_offset.model.offset_] and with_offset.model.offset_ > 0
 
 
 def test_flower_round_runs_class_conditional_and_set_valued_methods(tmp_path):

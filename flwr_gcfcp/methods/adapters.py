@@ -20,7 +20,7 @@ method (result name)            set                 calibration (what a client s
 ``topk:K``                      ``top(x, K)``       none (``1 <= K < L``)
 ``pointwise[:EPS]``             ``top(x, k_ε(x))``  NLL sums on the shared temperature grid (federated temperature)
 ``penalized:LAM``               ``p̂_l >= LAM``      none (``0 <= LAM <= 1``)
-``avg_size:KBAR``               ``p̂_l >= t``        digest of every ``p̂_l(x_i)`` (unlabeled); ``0 < KBAR < L``
+``avg_size:KBAR``               ``p̂_l >= t``        digest of every ``p̂_l(x_i)`` (unlabeled); ``0 < KBAR < L``, t = Ĝ⁻¹
 ``avg_error[:EPS]``             ``1 - p̂_l <= q``    digest of the LAC scores ``1 - p̂_y`` (FedCP rule at level EPS)
 ``fbeta[:BETA]``                ``p̂_l >= θ*``       digest of every ``p̂_l(x_i)`` (shared with ``avg_size``); ``BETA > 0``
 ``hybrid:K:KBAR``               ``p̂_l >= t ∩ top_K`` digest of the top-K values; ``0 < KBAR < K < L``
@@ -35,7 +35,13 @@ Options (``key=value``):
   coverage >= 1 - α despite the digest error; see :mod:`flwr_gcfcp.methods.classcond`);
 * ``clustered``: ``gamma=G`` (clustering fraction, default ``L/(L + 75)``, see below), ``clusters=M`` (default:
   Ding et al.'s heuristic from the exact merged class counts);
-* ``pointwise``: ``ts=false`` (no temperature scaling: T = 1, no calibration).
+* ``pointwise``: ``ts=false`` (no temperature scaling: T = 1, no calibration); ``offset=R`` (the survey's offset
+  ``r >= 0`` of eq. 5: ``k_ε(x) = min{k : Σ p̂_(l) >= 1 - ε + r}``) or ``offset=sqrt`` (``r = sqrt(L/n)``, n the
+  pooled number of calibration points; needs temperature scaling). The temperature is the NLL grid argmin refined
+  by parabolic interpolation (:func:`~flwr_gcfcp.methods.setvalued.refine_temperature`);
+* ``avg_size`` / ``hybrid``: ``rule=survey`` (default: the survey's ``Ĝ⁻¹(k̄) = inf{t : Ĝ(t) <= k̄}``, the
+  ``(⌊k̄N⌋ + 1)``-th largest pooled value) or ``rule=exact_size`` (one order statistic fewer: mean size on the
+  calibration data at most k̄); see :mod:`~flwr_gcfcp.methods.setvalued`.
 
 The result name is the method text with ``:`` replaced by ``_`` and ``=`` removed, numbers normalised
 (``avg_size:2`` -> ``avg_size_2``, ``hybrid:3:1.5`` -> ``hybrid_3_1.5``, ``clustered:gamma=0.3`` ->
@@ -112,8 +118,9 @@ SETVALUED_SHORT = {
 _LONG_TO_SHORT = {v: k for k, v in SETVALUED_SHORT.items()}
 EXTRA_METHODS = CLASSCOND_METHODS + tuple(SETVALUED_SHORT)
 EXTRA_SYNTAX = (
-    "standard, classwise, clustered[:gamma=G][:clusters=M], topk:K, pointwise[:EPS][:ts=false], penalized:LAM, "
-    "avg_size:KBAR, avg_error[:EPS], fbeta[:BETA], hybrid:K:KBAR (options delta=D, conservative=true)"
+    "standard, classwise, clustered[:gamma=G][:clusters=M], topk:K, pointwise[:EPS][:ts=false][:offset=R|sqrt], "
+    "penalized:LAM, avg_size:KBAR[:rule=survey|exact_size], avg_error[:EPS], fbeta[:BETA], "
+    "hybrid:K:KBAR[:rule=survey|exact_size] (options delta=D, conservative=true)"
 )
 # positional parameters and allowed options per method
 _POSITIONAL = {
@@ -133,12 +140,12 @@ _OPTIONS = {
     "classwise": ("delta", "conservative"),
     "clustered": ("delta", "conservative", "gamma", "clusters"),
     "topk": (),
-    "pointwise": ("ts",),
+    "pointwise": ("ts", "offset"),
     "penalized": (),
-    "avg_size": ("delta",),
+    "avg_size": ("delta", "rule"),
     "avg_error": ("delta", "conservative"),
     "fbeta": ("delta",),
-    "hybrid": ("delta",),
+    "hybrid": ("delta", "rule"),
 }
 
 
@@ -278,6 +285,11 @@ def make_extra_calibrator(
             kwargs["beta"] = _float(raw, "beta", params["beta"]) if "beta" in params else 1.0
         if base == "pointwise":
             kwargs["temperature_scaling"] = _bool(raw, "ts", params.get("ts", "true"))
+            if "offset" in params:
+                text = params["offset"].lower()
+                kwargs["offset"] = "sqrt" if text == "sqrt" else _float(raw, "offset", params["offset"])
+        if base in ("avg_size", "hybrid") and "rule" in params:
+            kwargs["size_rule"] = params["rule"].lower()
         if base == "avg_error":
             kwargs["conservative"] = _bool(raw, "conservative", params.get("conservative", "false"))
         return SetValuedCalibrator(SETVALUED_SHORT[base], n_classes=n_classes, name=name, **kwargs)
@@ -619,6 +631,7 @@ class SetValuedCalibrator(Calibrator):
             "threshold": np.array([val(getattr(m, "threshold_", None))], dtype=np.float64),
             "temperature": np.array([float(getattr(m, "temperature_", 1.0))], dtype=np.float64),
             "temperature_scaling": np.array([int(m.temperature_scaling)], dtype=np.int64),
+            "offset": np.array([float(m.offset_)], dtype=np.float64),
         }
 
     def info(self) -> dict:
@@ -628,6 +641,7 @@ class SetValuedCalibrator(Calibrator):
             "framework": self.framework,
             "threshold": getattr(m, "threshold_", None),
             "temperature": getattr(m, "temperature_", None),
+            **({"offset_r": m.offset_} if self.framework == "pointwise_error" else {}),
             **{k: v for k, v in self.kwargs.items() if k != "temperatures"},
         }
 

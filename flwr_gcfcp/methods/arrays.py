@@ -2,7 +2,8 @@
 the saved class-conditional / set-valued predictor (:class:`ArraysPredictor`).
 
 Rule 0 (no ``rule`` key): per-atom thresholds of the group / marginal methods. Rule 1: per-label thresholds
-(class-conditional). Rule 2: a fitted set-valued rule on the probability rows.
+(class-conditional). Rule 2: a fitted set-valued rule on the probability rows (``offset``, the point-wise error
+offset r, is absent from arrays written before it existed and then read as 0).
 """
 
 from __future__ import annotations
@@ -81,12 +82,14 @@ def _setvalued_from_arrays(arrays: Mapping[str, np.ndarray]) -> SetValuedClassif
     eps, lam, k_bar, beta = (float(x) for x in np.asarray(arrays["params"], dtype=np.float64).reshape(-1)[:4])
     k = int(np.asarray(arrays["k"]).reshape(-1)[0])
     ts = bool(int(np.asarray(arrays.get("temperature_scaling", [1])).reshape(-1)[0]))
+    offset = float(np.asarray(arrays.get("offset", [0.0]), dtype=np.float64).reshape(-1)[0])  # absent in older arrays
 
     def opt(x):
         return None if math.isnan(x) else x
 
     model = SetValuedClassifier(
-        fw, k=k if k > 0 else None, epsilon=opt(eps), lam=opt(lam), k_bar=opt(k_bar), beta=opt(beta), temperature_scaling=ts
+        fw, k=k if k > 0 else None, epsilon=opt(eps), lam=opt(lam), k_bar=opt(k_bar), beta=opt(beta), temperature_scaling=ts,
+        offset=offset,
     )
     thr = float(np.asarray(arrays["threshold"], dtype=np.float64).reshape(-1)[0])
     if not math.isnan(thr):
