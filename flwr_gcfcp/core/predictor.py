@@ -58,7 +58,8 @@ def canonical_json(content: Mapping) -> bytes:
 
     Non-finite floats must already be strings (``"inf"``); NaN / Infinity literals are refused.
     """
-    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text.encode("ascii")
 
 
 def _key_bytes(key: bytes | str) -> bytes:
@@ -92,8 +93,10 @@ def unseal(data: object, key: bytes | str | None = None, where: str = "predictor
         raise integrity_error(where, f"must be a JSON object, got {type(data).__name__}")
     integrity = data.get("integrity")
     if not isinstance(integrity, Mapping):
-        raise integrity_error(where, "missing key 'integrity' (the SHA-256 of the content): the file was not written by "
-                           "Predictor.save / to_dict, or its seal was removed")
+        raise integrity_error(
+            where, "missing key 'integrity' (the SHA-256 of the content): the file was not written by "
+            "Predictor.save / to_dict, or its seal was removed"
+        )
     unknown = set(integrity) - {"sha256", "hmac_sha256"}
     if unknown:
         raise integrity_error(where, f"integrity has unknown entries {sorted(unknown)}")
@@ -112,7 +115,9 @@ def unseal(data: object, key: bytes | str | None = None, where: str = "predictor
         if mac is None:
             raise integrity_error(where, "a key was given but the file carries no HMAC (it was saved without key=)")
         if not isinstance(mac, str) or not _HEX64.fullmatch(mac):
-            raise integrity_error(where, f"integrity.hmac_sha256 must be 64 lowercase hex digits, got {str(mac)[:80]!r}")
+            raise integrity_error(
+                where, f"integrity.hmac_sha256 must be 64 lowercase hex digits, got {str(mac)[:80]!r}"
+            )
         if not hmac.compare_digest(hmac.new(_key_bytes(key), body, hashlib.sha256).hexdigest(), mac):
             raise integrity_error(where, "HMAC mismatch: wrong key, or the content and its SHA-256 were both replaced")
     return content
@@ -146,7 +151,9 @@ def check_keys(data: Mapping, required: tuple[str, ...], where: str) -> None:
     """Exactly the keys ``required``: a missing key and an unknown key are both named."""
     missing = [k for k in required if k not in data]
     if missing:
-        raise integrity_error(where, f"missing key {missing[0]!r}" + (f" (and {missing[1:]})" if len(missing) > 1 else ""))
+        raise integrity_error(
+            where, f"missing key {missing[0]!r}" + (f" (and {missing[1:]})" if len(missing) > 1 else "")
+        )
     unknown = sorted(set(data) - set(required))
     if unknown:
         raise integrity_error(where, f"unknown key(s) {unknown}")
@@ -169,7 +176,9 @@ def threshold_value(v: object, where: str, lower: float | None, allow_unset: boo
     if not math.isfinite(x):
         raise integrity_error(where, f"must be finite or the string 'inf', got {v!r}")
     if lower is not None and x < lower:
-        raise integrity_error(where, f"{x!r} is below the score lower bound {lower!r} (scores, hence thresholds, are >= it)")
+        raise integrity_error(
+            where, f"{x!r} is below the score lower bound {lower!r} (scores, hence thresholds, are >= it)"
+        )
     return x
 
 
@@ -338,8 +347,10 @@ class Predictor:
         if coreset is not None:
             valid = cls._valid_keys(groups)
             if valid is not None and set(thresholds) != valid:  # a fit stores every pattern the groups can produce
-                raise integrity_error("thresholds", f"atom keys {sorted(thresholds)} differ from the patterns the groups "
-                                                    f"{groups.to_text()!r} produce ({sorted(valid)})")
+                raise integrity_error(
+                    "thresholds", f"atom keys {sorted(thresholds)} differ from the patterns the groups "
+                    f"{groups.to_text()!r} produce ({sorted(valid)})"
+                )
             pred._check_thresholds_against_coreset()
         return pred
 
@@ -362,8 +373,10 @@ class Predictor:
         except ValueError as err:
             raise integrity_error("groups.text", str(err)) from None
         if groups.to_text() != text or getattr(groups, "n_labels", None) != n_labels:
-            raise integrity_error("groups", f"{text!r} (n_labels {n_labels}) is not in the canonical form it was saved in "
-                                  f"({groups.to_text()!r})")
+            raise integrity_error(
+                "groups", f"{text!r} (n_labels {n_labels}) is not in the canonical form it was saved in "
+                f"({groups.to_text()!r})"
+            )
         return groups
 
     @staticmethod
@@ -386,8 +399,10 @@ class Predictor:
                 raise integrity_error(where, f"a marginal predictor has the single atom key 0, got {key}")
         elif valid is not None:
             if key not in valid:
-                raise integrity_error(where, f"atom key {key} is not a membership pattern the groups {groups.to_text()!r} "
-                                   f"can produce (possible: {sorted(valid)})")
+                raise integrity_error(
+                    where, f"atom key {key} is not a membership pattern the groups {groups.to_text()!r} "
+                    f"can produce (possible: {sorted(valid)})"
+                )
         elif not 0 < key < (1 << groups.n_groups):
             raise integrity_error(where, f"atom key {key} is outside [1, 2^{groups.n_groups})")
         return key
@@ -395,7 +410,9 @@ class Predictor:
     @classmethod
     def _read_thresholds(cls, t: object, groups: GroupSpec | None, lower: float | None) -> dict[int, float]:
         if not isinstance(t, Mapping) or not t:
-            raise integrity_error("thresholds", f"must be a non-empty object of atom key -> threshold, got {str(t)[:80]!r}")
+            raise integrity_error(
+                "thresholds", f"must be a non-empty object of atom key -> threshold, got {str(t)[:80]!r}"
+            )
         valid = None if groups is None else cls._valid_keys(groups)
         out = {}
         for k, v in t.items():
@@ -417,8 +434,10 @@ class Predictor:
             if not isinstance(arr, list) or not arr:
                 raise integrity_error(f"coreset.{name}", "must be a non-empty list")
         if not len(values) == len(weights) == len(keys):
-            raise integrity_error("coreset", f"values, weights and keys differ in length: {len(values)}, {len(weights)}, "
-                                   f"{len(keys)}")
+            raise integrity_error(
+                "coreset", f"values, weights and keys differ in length: {len(values)}, {len(weights)}, "
+                f"{len(keys)}"
+            )
         for i, v in enumerate(values):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise integrity_error(f"coreset.values[{i}]", f"must be a finite number, got {v!r}")

@@ -254,7 +254,9 @@ class ArraysPredictor:
             raise integrity_error("predictor", f"format {fmt!r} carries no integrity hash and is no longer "
                                                f"loaded; re-export it from the calibrator (format {FORMAT!r})")
         if fmt != FORMAT:
-            raise integrity_error("predictor", f"not a flwr-gcfcp arrays predictor (format {fmt!r}, expected {FORMAT!r})")
+            raise integrity_error(
+                "predictor", f"not a flwr-gcfcp arrays predictor (format {fmt!r}, expected {FORMAT!r})"
+            )
         check_keys(data, ("format", "method", "private", "alpha", "score_lower_bound", "thresholds", "info", "arrays",
                           "dtypes", "integrity"), "predictor")
         c = unseal(data, key)
@@ -276,9 +278,11 @@ class ArraysPredictor:
         rule_raw = raw.get("rule")
         if not (isinstance(rule_raw, list) and len(rule_raw) == 1 and rule_raw[0] in _RULE_ARRAYS
                 and not isinstance(rule_raw[0], bool)):
-            raise integrity_error("arrays.rule", f"must be [{RULE_LABELS}] (per-label thresholds) or [{RULE_SETVALUED}] "
-                                       f"(set-valued rule), got {str(rule_raw)[:40]}; per-atom predictors load with "
-                                       "flwr_gcfcp.Predictor")
+            raise integrity_error(
+                "arrays.rule", f"must be [{RULE_LABELS}] (per-label thresholds) or [{RULE_SETVALUED}] "
+                f"(set-valued rule), got {str(rule_raw)[:40]}; per-atom predictors load with "
+                "flwr_gcfcp.Predictor"
+            )
         rule = int(rule_raw[0])
         expected = _RULE_ARRAYS[rule]
         check_keys(raw, tuple(expected), "arrays")
@@ -312,9 +316,10 @@ class ArraysPredictor:
             raise integrity_error("thresholds", f"must be an object, got {type(thresholds).__name__}")
         check_keys(thresholds, tuple(str(i) for i in range(len(listed))), "thresholds")
         for i, v in enumerate(listed):
-            saved = threshold_value(thresholds[str(i)], f"thresholds[{str(i)!r}]", lower, allow_unset=rule == RULE_SETVALUED)
+            where = f"thresholds[{str(i)!r}]"
+            saved = threshold_value(thresholds[str(i)], where, lower, allow_unset=rule == RULE_SETVALUED)
             if not (saved == v or (math.isnan(saved) and math.isnan(v))):
-                raise integrity_error(f"thresholds[{str(i)!r}]", f"{saved!r} disagrees with the predictor arrays ({v!r})")
+                raise integrity_error(where, f"{saved!r} disagrees with the predictor arrays ({v!r})")
         return cls(method, arrays, c["private"], c["alpha"], lower, {i: v for i, v in enumerate(listed)}, c["info"])
 
     def save(self, path: str | Path, key: bytes | str | None = None) -> Path:
