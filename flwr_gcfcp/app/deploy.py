@@ -1,6 +1,6 @@
 """Run the app on Flower's deployment engine on this machine (loopback only).
 
-    python -m flwr_gcfcp.app.deploy --num-supernodes 2 [--app DIR] [--results-dir DIR] [--run-config "k=v ..."]
+    python -m flwr_gcfcp.app.deploy --num-supernodes 2 [--insecure] [--app DIR] [--results-dir DIR] [--run-config "k=v ..."]
 
 Starts one ``flower-superlink`` and N ``flower-supernode`` processes on 127.0.0.1 (free ports unless given), each
 SuperNode with node config ``partition-id=i num-partitions=N``; writes a private ``FLWR_HOME`` whose
@@ -8,6 +8,12 @@ SuperNode with node config ``partition-id=i num-partitions=N``; writes a private
 from a neutral temporary directory; waits for ``results.json``; and always (try/finally) stops every process it
 started, by process group, plus any ``flower-superexec`` / ``flwr-clientapp`` descendants they spawned (those run
 in their own sessions). Exit status 0 only when results.json was written.
+
+Secure by default: a fresh CA and a server certificate for ``127.0.0.1`` / ``localhost`` (:func:`make_tls_files`)
+give the SuperLink TLS, and SuperNode authentication is on (``--enable-supernode-auth``): every SuperNode gets its
+own EC P-384 key pair (:func:`make_supernode_key`), its public key is registered with ``flwr supernode register``
+before it starts, and the SuperLink refuses any SuperNode whose key was not registered. ``--insecure`` runs the
+old plaintext, unauthenticated deployment. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 QUIET_ENV = {
@@ -159,6 +166,168 @@ def stop_pid_trees(pids: list[int], grace: float = 5.0) -> list[int]:
     return tree
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a loopback TLS setup: the CA certificate, the server certificate and its private key."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def make_tls_files(directory: str | Path, days: int = 30) -> TlsFiles:
+    """Create a CA and a server certificate for ``127.0.0.1`` / ``localhost`` signed by it (EC P-384, SHA-384).
+
+    Parameters
+    ----------
+    directory : str or Path
+        Where to write ``ca.crt``, ``server.crt`` and ``server.key`` (the key with mode 0600). The CA's private
+        key is never written: nothing else can be signed with it once this returns.
+    days : int, default 30
+        Validity of both certificates.
+
+    Returns
+    -------
+    TlsFiles
+        Paths of the three files.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+        raise ValueError(f"days must be a positive int, got {days!r}")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flwr-gcfcp loopback CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    files = TlsFiles(out / "ca.crt", out / "server.crt", out / "server.key")
+    files.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(
+        files.server_key,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    return files
+
+
+def make_supernode_key(directory: str | Path, name: str) -> tuple[Path, Path]:
+    """Create a SuperNode authentication key pair (EC P-384, OpenSSH format, as ``flower-supernode`` reads it).
+
+    Returns
+    -------
+    (private_key, public_key)
+        Paths ``<directory>/<name>`` (mode 0600, for ``--auth-supernode-private-key``) and ``<name>.pub`` (for
+        ``flwr supernode register``).
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"name must be a plain file name, got {name!r}")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = out / name, out / f"{name}.pub"
+    _write_private(
+        private,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()),
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
+    return private, public
+
+
+def connection_toml(port: int, tls: TlsFiles | None) -> str:
+    """``$FLWR_HOME/config.toml`` with a ``localdeploy`` connection to ``127.0.0.1:port`` (TLS unless ``tls`` is None)."""
+    head = f'[superlink]\ndefault = "localdeploy"\n\n[superlink.localdeploy]\naddress = "127.0.0.1:{port}"\n'
+    if tls is None:
+        return head + "insecure = true\n"
+    return head + f"root-certificates = {_toml_str(str(tls.ca_cert))}\n"
+
+
+def superlink_command(exe: str, port: int, tls: TlsFiles | None) -> list[str]:
+    """``flower-superlink`` on 127.0.0.1:port: TLS and SuperNode authentication, or ``--insecure`` (tls None)."""
+    security = ["--insecure"] if tls is None else [
+        "--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
+        "--ssl-keyfile", str(tls.server_key), "--enable-supernode-auth",
+    ]
+    return [exe, *security, "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation"]
+
+
+def supernode_command(exe: str, link_port: int, port: int, node_config: str, tls: TlsFiles | None,
+                      private_key: Path | None) -> list[str]:
+    """``flower-supernode`` for the SuperLink on 127.0.0.1:link_port (``--insecure`` when tls is None)."""
+    if tls is None:
+        security = ["--insecure"]
+    else:
+        if private_key is None:
+            raise ValueError("a TLS SuperNode needs private_key (SuperNode authentication is on)")
+        security = ["--root-certificates", str(tls.ca_cert), "--auth-supernode-private-key", str(private_key)]
+    return [exe, *security, "--superlink", f"127.0.0.1:{link_port}", "--node-config", node_config,
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
+def register_supernode(flwr_exe: str, public_key: Path, env: dict[str, str], cwd: Path, timeout: float = 60.0) -> str:
+    """Register a SuperNode's public key with the ``localdeploy`` SuperLink; return the node id it was given."""
+    import json
+
+    proc = subprocess.run(
+        [flwr_exe, "supernode", "register", str(public_key), "localdeploy", "--format", "json"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    try:
+        reply = json.loads(proc.stdout[proc.stdout.index("{"):])
+    except ValueError:
+        reply = {}
+    if proc.returncode != 0 or not reply.get("success"):
+        raise RuntimeError(
+            f"flwr supernode register {public_key.name} failed (exit {proc.returncode}): "
+            f"{(proc.stdout + proc.stderr).strip()[-1000:]}"
+        )
+    return str(reply["node-id"])
+
+
 def default_client_classes(n: int, n_classes: int = 10) -> str:
     """Split the labels 0..n_classes-1 into n contiguous, disjoint label sets."""
     if not 1 <= n <= n_classes:
@@ -177,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--supernode-base-port", type=int, default=0, help="0 = free ports")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run")
     ap.add_argument("--workdir", default=None, help="keep logs and FLWR_HOME here (default: a temp dir, removed)")
+    ap.add_argument(
+        "--insecure", action="store_true",
+        help="no TLS and no SuperNode authentication (default: TLS with a fresh loopback CA, and only SuperNodes "
+             "whose generated keys were registered may join)",
+    )
     args = ap.parse_args(argv)
 
     n = int(args.num_supernodes)
@@ -198,10 +372,6 @@ def main(argv: list[str] | None = None) -> int:
     neutral = work / "cwd"
     neutral.mkdir(exist_ok=True)
     link_port = args.superlink_port or free_port()
-    (flwr_home / "config.toml").write_text(
-        '[superlink]\ndefault = "localdeploy"\n\n'
-        f'[superlink.localdeploy]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
-    )
     env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(flwr_home)}
     bindir = Path(sys.executable).parent
 
@@ -222,26 +392,32 @@ def main(argv: list[str] | None = None) -> int:
     logs = []
     t0 = time.monotonic()
     try:
+        tls = None if args.insecure else make_tls_files(work / "tls")
+        node_keys = [None] * n if tls is None else [make_supernode_key(work / "keys", f"supernode{i}") for i in range(n)]
+        (flwr_home / "config.toml").write_text(connection_toml(link_port, tls))
         log = open(work / "superlink.log", "wb")
         logs.append(log)
         procs.append(
             subprocess.Popen(
-                [exe("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
-                 "--disable-runtime-dependency-installation"],
+                superlink_command(exe("flower-superlink"), link_port, tls),
                 cwd=neutral, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         )
         wait_port(link_port, 60, procs[0], "flower-superlink")
-        print(f"[deploy] SuperLink pid {procs[0].pid} on 127.0.0.1:{link_port}", flush=True)
-        for i in range(n):
+        mode = "insecure (no TLS, no SuperNode authentication)" if tls is None else "TLS, SuperNode authentication"
+        print(f"[deploy] SuperLink pid {procs[0].pid} on 127.0.0.1:{link_port}, {mode}", flush=True)
+        for i, keys in enumerate(node_keys):
+            if keys is not None:
+                node_id = register_supernode(exe("flwr"), keys[1], env, neutral)
+                print(f"[deploy] registered SuperNode {i} public key {keys[1].name} as node {node_id}", flush=True)
+        for i, keys in enumerate(node_keys):
             port = args.supernode_base_port + i if args.supernode_base_port else free_port()
             log = open(work / f"supernode{i}.log", "wb")
             logs.append(log)
             procs.append(
                 subprocess.Popen(
-                    [exe("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                     "--node-config", f"partition-id={i} num-partitions={n}",
-                     "--host", "127.0.0.1", "--port", str(port)],
+                    supernode_command(exe("flower-supernode"), link_port, port, f"partition-id={i} num-partitions={n}",
+                                      tls, None if keys is None else keys[0]),
                     cwd=neutral, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 )
             )
@@ -282,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[deploy] results: {results_json} ({time.monotonic() - t0:.1f} s)", flush=True)
             return 0
         print(f"[deploy] no results.json after {time.monotonic() - t0:.1f} s; logs in {work}", flush=True)
+        _tail_logs(work)
+        return 1
+    except RuntimeError as err:  # a process that did not start, or a key the SuperLink did not register
+        print(f"[deploy] error: {err}; logs in {work}", flush=True)
         _tail_logs(work)
         return 1
     finally:

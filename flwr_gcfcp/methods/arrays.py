@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core.groups import GroupSpec, pattern_keys
 from ..core.metrics import to_jsonable
+from ..core.predictor import alpha_text, check_keys, integrity_error, read_json, seal, threshold_value, unseal
 from ..core.summaries import PayloadError
 from ..core.validation import InsufficientDataWarning, check_scores
 from .base import Calibrator
@@ -127,45 +128,217 @@ def set_mask_from_arrays(
 
 
 # ------------------------------------------------------------------------------------------------ saved predictor
-FORMAT = "flwr-gcfcp-arrays-predictor/1"
+FORMAT = "flwr-gcfcp-arrays-predictor/2"
+_UNSEALED_FORMATS = ("flwr-gcfcp-arrays-predictor/1",)
+
+#: array name -> dtype, per rule (exactly these arrays)
+_RULE_ARRAYS = {
+    RULE_LABELS: {"rule": "int64", "label_thresholds": "float64"},
+    RULE_SETVALUED: {"rule": "int64", "framework": "int64", "k": "int64", "params": "float64", "threshold": "float64",
+                     "temperature": "float64", "temperature_scaling": "int64"},
+}
+_ARRAY_SIZES = {"rule": 1, "framework": 1, "k": 1, "params": 4, "threshold": 1, "temperature": 1,
+                "temperature_scaling": 1}
 
 
-def predictor_dict(cal: Calibrator) -> dict:
-    arrays = cal.predictor_arrays()
+def _json_threshold(v: float) -> float | str:
+    return v if math.isfinite(v) else str(v)
+
+
+def predictor_content(cal: Calibrator) -> dict:
+    """The JSON content of a class-conditional / set-valued predictor (sealed by :func:`predictor_dict`)."""
+    arrays = {k: np.asarray(v) for k, v in cal.predictor_arrays().items()}
     thr = cal.thresholds
+    lower = None
+    if int(arrays["rule"].reshape(-1)[0]) == RULE_LABELS:
+        finite = [v for v in thr.values() if math.isfinite(v)]
+        lower = 0.0 if all(v >= 0 for v in finite) else None
     return {
         "format": FORMAT,
         "method": cal.name,
         "private": bool(cal.private),
         "alpha": str(cal.alpha),
-        "thresholds": {str(k): (v if math.isfinite(v) else str(v)) for k, v in thr.items()},
+        "score_lower_bound": lower,
+        "thresholds": {str(k): _json_threshold(float(v)) for k, v in thr.items()},
         "info": to_jsonable(cal.info()),
-        "arrays": {k: to_jsonable(np.asarray(v).tolist()) for k, v in arrays.items()},
-        "dtypes": {k: str(np.asarray(v).dtype) for k, v in arrays.items()},
+        "arrays": {k: to_jsonable(v.tolist()) for k, v in arrays.items()},
+        "dtypes": {k: str(v.dtype) for k, v in arrays.items()},
     }
 
 
-class ArraysPredictor:
-    """Loads a saved class-conditional / set-valued predictor (``predictor_<NAME>.json``) and builds sets."""
+def predictor_dict(cal: Calibrator, key: bytes | str | None = None) -> dict:
+    """The saved predictor of a class-conditional / set-valued calibrator: its content sealed with a SHA-256 (and an
+    HMAC-SHA256 with ``key``), loaded back by :class:`ArraysPredictor` (see :mod:`flwr_gcfcp.core.predictor`)."""
+    return seal(predictor_content(cal), key)
 
-    def __init__(self, method: str, arrays: Mapping[str, np.ndarray]) -> None:
+
+def _read_array(name: str, values: object, dtype: str, lower: float | None) -> np.ndarray:
+    where = f"arrays.{name}"
+    if not isinstance(values, list) or len(values) == 0:
+        raise integrity_error(where, f"must be a non-empty list, got {str(values)[:60]!r}")
+    size = _ARRAY_SIZES.get(name)
+    if size is not None and len(values) != size:
+        raise integrity_error(where, f"must have {size} entr{'y' if size == 1 else 'ies'}, got {len(values)}")
+    if dtype == "int64":
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, int) or not -(2**63) <= v < 2**63:
+                raise integrity_error(f"{where}[{i}]", f"must be an int64 integer, got {v!r}")
+        return np.asarray(values, dtype=np.int64)
+    if name == "label_thresholds":
+        return np.asarray([threshold_value(v, f"{where}[{i}]", lower) for i, v in enumerate(values)])
+    out = []
+    for i, v in enumerate(values):  # set-valued parameters: "nan" = unset, otherwise finite
+        out.append(threshold_value(v, f"{where}[{i}]", None, allow_unset=True))
+        if math.isinf(out[-1]):
+            raise integrity_error(f"{where}[{i}]", f"must be finite (or 'nan' for unset), got {v!r}")
+    return np.asarray(out, dtype=np.float64)
+
+
+class ArraysPredictor:
+    """A saved class-conditional / set-valued predictor (``predictor_<NAME>.json``): builds sets after loading.
+
+    Parameters
+    ----------
+    method : str
+        Calibrator name.
+    arrays : mapping of str to numpy.ndarray
+        The predictor arrays (rule 1: per-label thresholds; rule 2: a set-valued rule).
+    private, alpha, score_lower_bound, thresholds, info
+        The rest of the saved content (see :func:`predictor_content`).
+    """
+
+    def __init__(self, method: str, arrays: Mapping[str, np.ndarray], private: bool = True, alpha: str | None = None,
+                 score_lower_bound: float | None = None, thresholds: Mapping | None = None,
+                 info: Mapping | None = None) -> None:
         self.method = method
         self.arrays = dict(arrays)
+        self.private = private
+        self.alpha = alpha
+        self.score_lower_bound = score_lower_bound
+        self.thresholds = dict(thresholds or {})
+        self.info = dict(info or {})
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "ArraysPredictor":
-        if data.get("format") != FORMAT:
-            raise ValueError(f"not a flwr-gcfcp arrays predictor (format {data.get('format')!r}, expected {FORMAT!r})")
-        dtypes = data.get("dtypes", {})
-        arrays = {}
-        for k, v in data["arrays"].items():
-            vals = [float(x) if isinstance(x, str) else x for x in v]
-            arrays[k] = np.asarray(vals, dtype=dtypes.get(k, None))
-        return cls(data["method"], arrays)
+    def from_calibrator(cls, cal: Calibrator) -> "ArraysPredictor":
+        """Capture a fitted class-conditional / set-valued calibrator."""
+        return cls.from_dict(predictor_dict(cal))
+
+    def content(self) -> dict:
+        """The JSON content that is sealed."""
+        return {
+            "format": FORMAT,
+            "method": self.method,
+            "private": bool(self.private),
+            "alpha": self.alpha,
+            "score_lower_bound": self.score_lower_bound,
+            "thresholds": {str(k): _json_threshold(float(v)) for k, v in self.thresholds.items()},
+            "info": to_jsonable(self.info),
+            "arrays": {k: to_jsonable(np.asarray(v).tolist()) for k, v in self.arrays.items()},
+            "dtypes": {k: str(np.asarray(v).dtype) for k, v in self.arrays.items()},
+        }
+
+    def to_dict(self, key: bytes | str | None = None) -> dict:
+        """JSON-able dict: :meth:`content` sealed with its SHA-256 and, with ``key``, an HMAC-SHA256."""
+        return seal(self.content(), key)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ArraysPredictor":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+    def from_dict(cls, data: Mapping, key: bytes | str | None = None) -> "ArraysPredictor":
+        """Rebuild after checking the seal (and HMAC with ``key``), the schema, value ranges and consistency.
+
+        Raises
+        ------
+        PredictorIntegrityError
+            On any mismatch (a ``ValueError``); the message names the entry.
+        """
+        if not isinstance(data, Mapping):
+            raise integrity_error("predictor", f"must be a JSON object, got {type(data).__name__}")
+        fmt = data.get("format")
+        if fmt in _UNSEALED_FORMATS:
+            raise integrity_error("predictor", f"format {fmt!r} carries no integrity hash and is no longer "
+                                               f"loaded; re-export it from the calibrator (format {FORMAT!r})")
+        if fmt != FORMAT:
+            raise integrity_error(
+                "predictor", f"not a flwr-gcfcp arrays predictor (format {fmt!r}, expected {FORMAT!r})"
+            )
+        check_keys(data, ("format", "method", "private", "alpha", "score_lower_bound", "thresholds", "info", "arrays",
+                          "dtypes", "integrity"), "predictor")
+        c = unseal(data, key)
+        method = c["method"]
+        if not isinstance(method, str) or not method:
+            raise integrity_error("method", f"must be a non-empty string, got {method!r}")
+        if not isinstance(c["private"], bool):
+            raise integrity_error("private", f"must be true or false, got {c['private']!r}")
+        alpha_text(c["alpha"], "alpha")
+        lower = c["score_lower_bound"]
+        if lower is not None and (isinstance(lower, bool) or not isinstance(lower, (int, float))
+                                  or not math.isfinite(lower)):
+            raise integrity_error("score_lower_bound", f"must be a finite number or null, got {lower!r}")
+        if not isinstance(c["info"], Mapping):
+            raise integrity_error("info", f"must be an object, got {type(c['info']).__name__}")
+        raw, dtypes = c["arrays"], c["dtypes"]
+        if not isinstance(raw, Mapping) or not isinstance(dtypes, Mapping):
+            raise integrity_error("arrays", "arrays and dtypes must be objects")
+        rule_raw = raw.get("rule")
+        if not (isinstance(rule_raw, list) and len(rule_raw) == 1 and rule_raw[0] in _RULE_ARRAYS
+                and not isinstance(rule_raw[0], bool)):
+            raise integrity_error(
+                "arrays.rule", f"must be [{RULE_LABELS}] (per-label thresholds) or [{RULE_SETVALUED}] "
+                f"(set-valued rule), got {str(rule_raw)[:40]}; per-atom predictors load with "
+                "flwr_gcfcp.Predictor"
+            )
+        rule = int(rule_raw[0])
+        expected = _RULE_ARRAYS[rule]
+        check_keys(raw, tuple(expected), "arrays")
+        check_keys(dtypes, tuple(expected), "dtypes")
+        for name, dtype in expected.items():
+            if dtypes[name] != dtype:
+                raise integrity_error(f"dtypes.{name}", f"must be {dtype!r}, got {dtypes[name]!r}")
+        lower = None if lower is None else float(lower)
+        arrays = {name: _read_array(name, raw[name], dtype, lower) for name, dtype in expected.items()}
+        if rule == RULE_LABELS:
+            listed = arrays["label_thresholds"].tolist()
+        else:
+            fw = int(arrays["framework"][0])
+            if not 0 <= fw < len(FRAMEWORKS):
+                raise integrity_error("arrays.framework", f"framework index {fw} is outside [0, {len(FRAMEWORKS)})")
+            if int(arrays["temperature_scaling"][0]) not in (0, 1):
+                raise integrity_error("arrays.temperature_scaling",
+                                      f"must be 0 or 1, got {int(arrays['temperature_scaling'][0])}")
+            if int(arrays["k"][0]) < 0:
+                raise integrity_error("arrays.k", f"must be >= 0 (0 = unset), got {int(arrays['k'][0])}")
+            temp = float(arrays["temperature"][0])
+            if not temp > 0:
+                raise integrity_error("arrays.temperature", f"must be > 0, got {temp!r}")
+            try:
+                _setvalued_from_arrays(arrays)
+            except ValueError as err:
+                raise integrity_error("arrays", f"not a valid set-valued rule: {err}") from None
+            listed = [float(arrays["threshold"][0])]
+        thresholds = c["thresholds"]
+        if not isinstance(thresholds, Mapping):
+            raise integrity_error("thresholds", f"must be an object, got {type(thresholds).__name__}")
+        check_keys(thresholds, tuple(str(i) for i in range(len(listed))), "thresholds")
+        for i, v in enumerate(listed):
+            where = f"thresholds[{str(i)!r}]"
+            saved = threshold_value(thresholds[str(i)], where, lower, allow_unset=rule == RULE_SETVALUED)
+            if not (saved == v or (math.isnan(saved) and math.isnan(v))):
+                raise integrity_error(where, f"{saved!r} disagrees with the predictor arrays ({v!r})")
+        return cls(method, arrays, c["private"], c["alpha"], lower, {i: v for i, v in enumerate(listed)}, c["info"])
+
+    def save(self, path: str | Path, key: bytes | str | None = None) -> Path:
+        """Write the sealed predictor as JSON (with an HMAC-SHA256 when ``key`` is given); return the path."""
+        data = self.to_dict(key)
+        type(self).from_dict(data, key)  # never write a file that would not load back
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, key: bytes | str | None = None) -> "ArraysPredictor":
+        """Load and verify a saved predictor (see :meth:`from_dict`); ``key`` also checks its HMAC."""
+        return cls.from_dict(read_json(path, "predictor"), key)
 
     def predict(self, score_matrix=None, features=None, probs=None) -> np.ndarray:
+        """Boolean (n, L) set mask: per-label thresholds on ``score_matrix``, or the set-valued rule on ``probs``."""
         return set_mask_from_arrays(self.arrays, score_matrix, features, None, probs=probs)
