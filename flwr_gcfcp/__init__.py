@@ -17,7 +17,7 @@ from .core.groups import (
     pattern_keys,
 )
 from .core.metrics import aggregate_counts, coverage_report, covgap, evaluation_counts, frac_undercov
-from .core.predictor import Predictor
+from .core.predictor import Predictor, PredictorIntegrityError
 from .core.quantiles import conformal_rank, split_conformal_threshold, weighted_conformal_threshold
 from .core.scores import absolute_residual, make_score, softmax
 from .core.solver import AtomSolver, atom_thresholds
@@ -74,6 +74,7 @@ __all__ = [
     "MondrianCP",
     "PayloadError",
     "Predictor",
+    "PredictorIntegrityError",
     "SetValuedCalibrator",
     "SetValuedClassifier",
     "SplitCP",
