@@ -1,8 +1,8 @@
 """The bundled ClientApp: FedAvg training and evaluation of the app's model, plus the conformal rounds through
 the public API (:func:`flwr_gcfcp.flower.register_conformal_handlers`), exactly as a user's app would add them.
 
-Settings come from ``context.run_config`` overlaid with what the ServerApp forwards (the data knobs of
-``config.CLIENT_KEYS``); the partition from the node config (``partition-id``, ``num-partitions``).
+Settings come from ``context.run_config`` overlaid with the config the ServerApp forwards with every request; the
+partition from the node config (``partition-id``, ``num-partitions``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 ``[tool.flwr.app.config]`` keys are the kebab-case names of :class:`AppConfig`'s fields; ``DEFAULTS`` is derived
 from the fields, so a default lives in one place (pyproject.toml repeats them for ``flwr run``; a test checks they
 agree). Conformal settings (methods, groups, α, δ, score, π) go to :func:`flwr_gcfcp.flower.run_conformal_rounds`;
-the data knobs in :data:`CLIENT_KEYS` go to the nodes' ``model_outputs`` in every request.
+the whole config also goes to the nodes with every request (their own run config may be empty or stale, e.g. under
+``flwr.simulation.run_simulation``), where it is validated the same way.
 """
 
 from __future__ import annotations
@@ -14,20 +15,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flwr_gcfcp.core.groups import LabelSetGroups, parse_groups
-
-# Knobs the nodes need to load and split their data and to train (sent with every message).
-CLIENT_KEYS = (
-    "dataset",
-    "outputs-path",
-    "n-cal",
-    "client-classes",
-    "calibration-fraction",
-    "test-fraction",
-    "seed",
-    "local-epochs",
-    "learning-rate",
-    "batch-size",
-)
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -154,9 +141,8 @@ class AppConfig:
         return {_key(k): v for k, v in asdict(self).items()}
 
     def client_config(self) -> dict[str, Any]:
-        """The data knobs the nodes need, as ConfigRecord-safe python scalars."""
-        rc = self.to_run_config()
-        return {k: rc[k] for k in CLIENT_KEYS}
+        """What the nodes get with every request (ConfigRecord-safe scalars): the whole config."""
+        return self.to_run_config()
 
     def class_lists(self) -> list[list[int]]:
         """``client-classes`` as label lists (the label-set syntax of groups: ``'0,1;2,3'``, ``'0-4;5-9'``)."""
