@@ -7,6 +7,7 @@ and final model.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -159,3 +160,81 @@ def test_deployment_engine_two_supernodes(tmp_path, free_port):
         {"results-dir": str(out), "num-server-rounds": 1, "client-classes": deploy.default_client_classes(2)}
     )
     check_results(out, cfg, 2)
+
+
+def readme_user_app() -> dict[str, str]:
+    """The files of README's "Add calibration to your own Flower app": each code block whose first line is
+    ``# <path>``."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Add calibration to your own Flower app", 1)[1].split("\n## ", 1)[0]
+    files = {}
+    for block in re.findall(r"```(?:python|toml)\n(.*?)```", section, flags=re.S):
+        first, _, body = block.partition("\n")
+        files[first.removeprefix("# ").strip()] = body
+    return files
+
+
+def test_readme_user_app_is_complete():
+    files = readme_user_app()
+    assert set(files) == {"userapp/client_app.py", "userapp/server_app.py", "pyproject.toml"}
+    client, server = files["userapp/client_app.py"], files["userapp/server_app.py"]
+    assert "register_conformal_handlers(app, model_outputs)" in client and "@app.train()" in client
+    assert "run_conformal_rounds(" in server and "FedAvg(" in server
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_user_app_with_flwr_run(tmp_path, flwr_env):
+    """A user's own Flower app (README) plus the two calls, run with `flwr run` on 5 simulated nodes: results.json has
+    gcfcp_delta250 and fedcp, with the thresholds of the core's in-process fit on the same split and final model."""
+    app_dir = tmp_path / "userapp"
+    for rel, body in readme_user_app().items():
+        (app_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (app_dir / rel).write_text(body)
+    (app_dir / "userapp" / "__init__.py").write_text("")
+    out = tmp_path / "results"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**flwr_env, "PYTHONPATH": str(REPO)}  # this checkout's flwr_gcfcp in the SuperLink and its apps
+    cmd = [
+        _exe("flwr"), "run", str(app_dir),
+        "--federation-config", "num-supernodes=5 client-resources-num-cpus=2",
+        "--run-config", f"results-dir='{out}'",
+        "--stream",
+    ]
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-3000:]
+        assert (out / "results.json").is_file(), log[-3000:]
+    finally:
+        deploy.stop_pid_trees(deploy.pids_with_arg(flwr_env["FLWR_HOME"]))
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["methods"]) == {"gcfcp_delta250", "fedcp"} and data["status"] == "evaluated"
+    assert not data["excluded_clients"] and len(data["calibration_clients"]) == 5
+
+    # the core, in-process: the user's own data and the final model the run calibrated
+    from scipy.special import softmax
+
+    from flwr.app import Context, RecordDict
+
+    from flwr_gcfcp import make_score, parse_groups
+    from flwr_gcfcp.methods import client_payload, fit_all, make_calibrators
+
+    namespace: dict = {}
+    exec(readme_user_app()["userapp/client_app.py"].split("\n@app.train()", 1)[0], namespace)  # imports + load_data
+    w = np.load(out / "model.npz")["w"]
+
+    def cals():
+        return make_calibrators(["gcfcp", "fedcp"], parse_groups("0-3;2-5;4-7;6-9"), 0.1, [250.0])
+
+    payloads = {}
+    for k in range(5):
+        ctx = Context(run_id=0, node_id=k, node_config={"partition-id": k}, state=RecordDict(), run_config={})
+        x, y = namespace["load_data"](ctx, "calibration")
+        probs = softmax(x @ w, axis=1)
+        payloads[str(k)] = client_payload(cals(), make_score("softmax").calibration_scores(probs, y), probs, 0.2, 5)
+    core = fit_all(cals(), payloads, pi={str(k): 0.2 for k in range(5)})
+    for name, cal in core.calibrators.items():
+        saved = json.loads((out / f"predictor_{name}.json").read_text())["thresholds"]
+        assert saved == cal.predictor()["thresholds"], name
