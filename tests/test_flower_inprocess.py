@@ -155,3 +155,26 @@ def test_all_methods_share_one_calibration_round_with_mixture_weights(tmp_path, 
     uniform = server_app.run(InProcessGrid(client_app, 5), uniform_cfg)
     assert uniform.calibrators["condcp"].thresholds == result.calibrators["condcp"].thresholds
     assert uniform.calibrators["centralized_gcfcp"].thresholds != result.calibrators["centralized_gcfcp"].thresholds
+
+
+def test_pyproject_run_config_equals_the_app_defaults():
+    """AppConfig is the only source of defaults; pyproject.toml repeats them for `flwr run` and must agree."""
+    import tomllib
+    from pathlib import Path
+
+    from flwr_gcfcp.app.config import DEFAULTS
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == DEFAULTS
+
+
+def test_config_errors_name_the_key():
+    from flwr_gcfcp.app.config import AppConfig
+
+    with pytest.raises(ValueError, match="unknown key 'nope'"):
+        AppConfig.from_mapping({"nope": 1})
+    with pytest.raises(ValueError, match="plot must be true or false, got 'maybe'"):
+        AppConfig.from_mapping({"plot": "maybe"})
+    with pytest.raises(ValueError, match="client-classes must look like"):
+        AppConfig.from_mapping({"client-classes": "0,1;x"})
+    assert AppConfig.from_mapping({"client-classes": "0-2;3,5", "plot": "off"}).class_lists() == [[0, 1, 2], [3, 5]]
