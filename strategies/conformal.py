@@ -74,7 +74,7 @@ class ConformalStrategy(Strategy):
     min_calibration_clients : int
         Fewer usable calibration payloads raises :class:`CalibrationError`: ``min_clients``.
     client_config : mapping, optional
-        Settings for the nodes' ``model_outputs`` (``app_config``); also sent as the training config.
+        Settings for the nodes' ``model_outputs`` (``app_config``).
     results_dir : str or Path, optional
         When set, ``start`` writes results.json, results.md, coverage.png, model.npz and one predictor JSON per
         method.

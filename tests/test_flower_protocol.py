@@ -187,13 +187,16 @@ def _bad(kind: str):
         ("not-probabilities", "probs must lie in [0, 1]"),
         ("labels-out-of-range", "labels must lie in [0, 10)"),
         ("wrong-shape", "probs has 120 rows but labels has 119"),
-        ("columns", "probs has 7 columns but the server calibrates 10 classes"),
+        ("columns", "probs has 7 columns, which the server's groups do not fit"),
         ("type", "must return (probs, labels) or a ModelOutputs"),
     ],
 )
 def test_bad_model_outputs_are_excluded_with_the_reason(kind, reason, tmp_path):
     grid = InProcessGrid(user_app(_bad(kind)), N_NODES)
     report = run_conformal_rounds(grid, **rounds(tmp_path))
+    if kind == "columns":  # with L fixed by the server the node is told so
+        fixed = run_conformal_rounds(InProcessGrid(user_app(_bad(kind)), N_NODES), **rounds(n_classes=10))
+        assert "probs has 7 columns but the server calibrates 10 classes" in fixed.excluded[0]["reason"]
     [e] = report.excluded
     assert e["node_id"] == grid.node_ids[1] and e["phase"] == "calibration"
     assert "error code 2" in e["reason"] and reason in e["reason"], e["reason"]
@@ -354,3 +357,16 @@ def test_arguments_fail_early_and_clearly():
         run_conformal_rounds(grid, **rounds(mixture_weights="1,-1"))
     with pytest.raises(CalibrationError, match="only 2 node"):
         run_conformal_rounds(grid, **rounds(min_clients=3, timeout=0.2))
+
+
+def test_label_count_is_the_majority_of_the_nodes_unless_fixed(tmp_path):
+    def outputs(arrays, context, split):
+        probs, labels = local_data(int(context.node_config["partition-id"]), split)
+        if int(context.node_config["partition-id"]) == 3:
+            probs = np.hstack([probs, np.zeros((len(labels), 2))])  # 12 classes
+        return probs, labels
+
+    report = run_conformal_rounds(InProcessGrid(user_app(outputs), N_NODES), **rounds())
+    [e] = report.excluded
+    assert "reports 12 classes, most nodes report 10" in e["reason"]
+    assert report.thresholds("fedcp") == core_fit([0, 1, 2, 4])["fedcp"]

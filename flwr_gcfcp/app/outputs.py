@@ -147,11 +147,12 @@ def linear_predict(arrays, x: np.ndarray) -> np.ndarray:
     return a + b * np.asarray(x, dtype=np.float64)
 
 
-def n_classes_for(cfg: AppConfig) -> int:
-    """Number of labels of the configured data (for outputs: the npz's columns, read at the server when it can)."""
+def n_classes_for(cfg: AppConfig) -> int | None:
+    """Number of labels of the configured data; None for stored outputs the server cannot read (the nodes'
+    outputs then decide)."""
     if dataset_kind(cfg.dataset) != "outputs":
         return n_classes_of(cfg.dataset)
     try:
         return int(load_outputs(cfg)[0].shape[1])
-    except FileNotFoundError:  # a server without the clients' file: the labels named in client-classes
-        return max(max(c) for c in cfg.class_lists()) + 1
+    except FileNotFoundError:
+        return None

@@ -154,7 +154,7 @@ def dataset_kind(dataset: str) -> str:
 def n_classes_of(dataset: str) -> int:
     n = DATASETS[_dataset_key(dataset)]["n_classes"]
     if n is None:
-        raise ValueError(f"dataset {dataset!r}: the number of classes comes from the data (use n_classes_for(cfg))")
+        raise ValueError(f"dataset {dataset!r}: the number of classes comes from the data (use outputs.n_classes_for(cfg))")
     return int(n)
 
 

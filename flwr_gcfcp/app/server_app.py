@@ -19,7 +19,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from flwr_gcfcp.app.config import AppConfig
 from flwr_gcfcp.app.outputs import n_classes_for, regression_model_arrays
-from flwr_gcfcp.app.partitions import dataset_kind
+from flwr_gcfcp.app.partitions import dataset_kind, n_classes_of
 from flwr_gcfcp.flower import ConformalReport, run_conformal_rounds, wait_for_nodes
 
 app = ServerApp()
@@ -35,7 +35,7 @@ def initial_arrays(cfg: AppConfig) -> ArrayRecord:
         return regression_model_arrays(cfg)
     from flwr_gcfcp.app.torch_model import initial_model_arrays
 
-    return initial_model_arrays(cfg, n_classes_for(cfg))
+    return initial_model_arrays(cfg, n_classes_of(cfg.dataset))
 
 
 def train(grid: Grid, cfg: AppConfig, arrays: ArrayRecord) -> ArrayRecord:

@@ -147,6 +147,7 @@ def _features(out: ModelOutputs, groups: GroupSpec, probs: np.ndarray | None, n:
         feats = probs
     if len(feats) != n:
         raise OutputsError(f"model_outputs: the group features describe {len(feats)} points, the labels {n}")
+    _wrap(f"groups {groups.to_text()!r}", lambda: groups.membership(feats))  # e.g. a point in no group
     return feats
 
 
@@ -174,7 +175,10 @@ def _score_split(
     labels = _wrap("labels", lambda: check_labels(out.labels, n_labels, name="labels"))
     if labels.shape[0] != probs.shape[0]:
         raise OutputsError(f"model_outputs: probs has {probs.shape[0]} rows but labels has {labels.shape[0]} entries")
-    groups = parse_groups(rc.groups, n_labels=n_labels)
+    try:
+        groups = parse_groups(rc.groups, n_labels=n_labels)
+    except ValueError as exc:
+        raise OutputsError(f"model_outputs: probs has {n_labels} columns, which the server's groups do not fit: {exc}") from None
     feats = _features(out, groups, probs, labels.shape[0])
     score = make_score(rc.score)
     rng = client_rng(rc.seed, client, stream)

@@ -37,7 +37,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from ..core.groups import GroupSpec, parse_groups
+from ..core.groups import GroupSpec, LabelSetGroups, parse_groups
 from ..core.metrics import aggregate_counts, covgap, frac_undercov, to_jsonable
 from ..core.validation import check_alpha, check_delta
 from ..methods import Calibrator, fit_all, make_calibrators, payload_bytes, predictor_arrays
@@ -350,8 +350,7 @@ class ConformalRounds:
             raise ValueError(f"groups must be a text spec or a GroupSpec, got {groups!r}")
         self.groups = groups
         self.groups_text = groups.to_text()
-        labels = getattr(groups, "n_labels", None)
-        self.n_classes = 1 if self.regression else (int(n_classes) if n_classes is not None else labels)
+        self.n_classes = 1 if self.regression else (int(n_classes) if n_classes is not None else None)
         self.weight_kind, self.weight_values = _weights(mixture_weights)
         if timeout is None or not float(timeout) > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
@@ -369,9 +368,11 @@ class ConformalRounds:
 
     # ------------------------------------------------------------------ helpers
     def _make_calibrators(self, n_labels: int | None) -> dict[str, Calibrator]:
+        groups = self.groups
+        if n_labels and isinstance(groups, LabelSetGroups) and groups.n_labels != n_labels:
+            groups = parse_groups(self.groups_text, n_labels=n_labels)  # L known only from the nodes' outputs
         return make_calibrators(
-            self.methods, self.groups, self.alpha, deltas=self.deltas, conservative=self.conservative,
-            n_classes=n_labels,
+            self.methods, groups, self.alpha, deltas=self.deltas, conservative=self.conservative, n_classes=n_labels
         )
 
     def round_config(self, split: str, n_clients: int, weight: float = 0.0, method_names=()) -> RoundConfig:
@@ -432,7 +433,10 @@ class ConformalRounds:
         n_labels = self._bind_labels(parts, exclude)
         weights, partition_of = self._bind_weights(parts, exclude)
         payloads = {str(nid): parts[nid][0] for nid in parts if str(nid) in weights}
-        calibrators = self._make_calibrators(n_labels)
+        try:
+            calibrators = self._make_calibrators(n_labels)
+        except ValueError as exc:
+            raise CalibrationError(f"calibration: the nodes' {n_labels} classes do not fit the setup: {exc}") from exc
         t_fit = time.perf_counter()
         fit = fit_all(calibrators, payloads, pi={c: weights[c] for c in payloads})
         for cid, reason in fit.excluded.items():
@@ -783,7 +787,7 @@ def run_conformal_rounds(
     conservative : bool
         Also fit GC-FCP at level ``1 - α + π/δ``.
     n_classes : int, optional
-        Number of labels L; default: from label-set groups, else the value most nodes report.
+        Number of labels L; default: the value most nodes report (nodes reporting another are excluded).
     mixture_weights : mapping, sequence, str or None
         π_k: ``{node_id: w}`` (bound to the node id), or one weight per ``partition-id`` (list or
         ``"1,1,2"``; a partition id claimed by two nodes excludes both), or None for uniform. Renormalised over the
