@@ -329,16 +329,22 @@ def test_every_node_failing_evaluation_keeps_the_thresholds(tmp_path):
 
 
 class _EvaluationCrash(InProcessGrid):
+    out = None
+
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
         if messages and messages[0].metadata.message_type == EVALUATE_MESSAGE_TYPE:
+            # written before the evaluation round: the predictors; results.json only once the outcome is known
+            assert (self.out / "predictor_fedcp.json").is_file() and not (self.out / "results.json").exists()
             raise ConnectionError("SuperLink went away")
         return super().send_and_receive(messages, timeout=timeout)
 
 
 def test_a_crash_after_calibration_keeps_predictors_and_says_so(tmp_path):
+    grid = _EvaluationCrash(user_app(), N_NODES)
+    grid.out = tmp_path / "res"
     with pytest.raises(ConnectionError):
-        run_conformal_rounds(_EvaluationCrash(user_app(), N_NODES), **rounds(tmp_path))
+        run_conformal_rounds(grid, **rounds(tmp_path))
     out = tmp_path / "res"
     assert (out / "predictor_gcfcp_delta250.json").is_file() and (out / "predictor_fedcp.json").is_file()
     data = json.loads((out / "results.json").read_text())

@@ -710,9 +710,10 @@ class ConformalRounds:
     def _write(self, report: ConformalReport, final: bool) -> None:
         if self.results_dir is None:
             return
-        if not final:
+        if not final:  # results.json stays the final record (watchers such as deploy.py wait for it)
             report.files = reporting.write_predictors(report.predictors, report.arrays, self.results_dir)
             log(INFO, "Thresholds and predictors written to %s (before the evaluation round)", self.results_dir)
+            return
         report.files = reporting.write_results(
             report.results, report.files, self.results_dir, plot=self.plot and final and bool(_has_coverage(report))
         )
@@ -800,7 +801,7 @@ def run_conformal_rounds(
         Seed of the nodes' randomized scores and clustered splits.
     results_dir : str or Path, optional
         When given: predictor_<NAME>.json and model.npz right after calibration, then results.json, results.md and
-        coverage.png.
+        coverage.png (also when the evaluation fails, with the failure in ``status``).
     plot : bool
         Write coverage.png.
     app_config : mapping, optional
