@@ -376,3 +376,24 @@ def test_label_count_is_the_majority_of_the_nodes_unless_fixed(tmp_path):
     [e] = report.excluded
     assert "reports 12 classes, most nodes report 10" in e["reason"]
     assert report.thresholds("fedcp") == core_fit([0, 1, 2, 4])["fedcp"]
+
+
+def test_membership_matrix_groups_through_model_outputs():
+    def outputs(arrays, context, split):
+        probs, labels = local_data(int(context.node_config["partition-id"]), split)
+        confident = probs.max(axis=1) > 0.5
+        return ModelOutputs(probs=probs, labels=labels, membership=np.stack([confident, ~confident], axis=1))
+
+    report = run_conformal_rounds(InProcessGrid(user_app(outputs), 3), **rounds(groups="matrix:2"))
+    assert not report.excluded and sorted(report.thresholds("gcfcp_delta250")) == [1, 2]  # atom keys 2^0, 2^1
+    assert all(c >= 0.85 for c in report.methods["gcfcp_delta250"]["group_coverage"])
+    # a matrix of the wrong width is refused with the reason
+    def bad(arrays, context, split):
+        out = outputs(arrays, context, split)
+        if int(context.node_config["partition-id"]) == 1:
+            out.membership = np.ones((len(out.labels), 3), dtype=bool)
+        return out
+
+    report = run_conformal_rounds(InProcessGrid(user_app(bad), 3), **rounds(groups="matrix:2"))
+    [e] = report.excluded
+    assert "membership must be a bool (n, 2) matrix, got dtype bool shape (120, 3)" in e["reason"]
