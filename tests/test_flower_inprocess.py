@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import Array, Message, RecordDict
+from flwr.app import Array, Message
 
 from flwr_gcfcp.app import server_app
 from flwr_gcfcp.app.client_app import app as client_app
