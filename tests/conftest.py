@@ -42,3 +42,37 @@ def flwr_env(tmp_path):
         }
     )
     return env
+
+
+@pytest.fixture
+def restore_torch_threads():
+    """The bundled ClientApp pins torch to one thread (process-wide); give other test modules their setting back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def app_config(tmp_path):
+    """Factory of the bundled app's config with results under tmp_path and short timeouts."""
+    from flwr_gcfcp.app.config import AppConfig
+
+    def make(sub: str = "results", **overrides):
+        base = {"results-dir": str(tmp_path / sub), "num-server-rounds": 1, "calibration-timeout": 5.0}
+        return AppConfig.from_mapping({**base, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def bundled_grid():
+    """Factory of an in-process grid over the bundled ClientApp: ``bundled_grid(num_nodes, faults=None)``."""
+    from flwr_gcfcp.app.client_app import app as client_app
+    from flwr_gcfcp.flower.inprocess import InProcessGrid
+
+    def make(num_nodes: int, faults=None) -> InProcessGrid:
+        return InProcessGrid(client_app, num_nodes, faults=faults)
+
+    return make

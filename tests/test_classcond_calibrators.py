@@ -263,14 +263,18 @@ def test_flower_round_runs_class_conditional_and_set_valued_methods(tmp_path):
     """Digits default in-process: results carry the new methods; thresholds equal the core's in-process fit."""
     import torch
 
-    from flwr_gcfcp.app import server_app
-    from flwr_gcfcp.app import task
+    from flwr_gcfcp import make_score, parse_groups
+    from flwr_gcfcp.app import server_app, torch_model
     from flwr_gcfcp.app.client_app import app as client_app
+    from flwr_gcfcp.app.config import AppConfig
+    from flwr_gcfcp.app.partitions import load_client_data
+    from flwr_gcfcp.flower.client import client_rng
     from flwr_gcfcp.flower.inprocess import InProcessGrid
+    from flwr_gcfcp.methods import make_calibrators
 
     n_threads = torch.get_num_threads()
     try:
-        cfg = task.AppConfig.from_mapping(
+        cfg = AppConfig.from_mapping(
             {
                 "results-dir": str(tmp_path / "results"),
                 "num-server-rounds": 1,
@@ -293,18 +297,21 @@ def test_flower_round_runs_class_conditional_and_set_valued_methods(tmp_path):
 
         # the core, in-process, on the same partitions, seed and final model
         state = dict(np.load(tmp_path / "results" / "model.npz"))
-        model = task.make_model(10)
+        def cals():
+            return make_calibrators(cfg.methods.split(","), parse_groups(cfg.groups, n_labels=10), cfg.alpha, [250.0])
+
+        model = torch_model.make_model(10)
         model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state.items()})
         payloads = {}
         for pid in range(5):
-            d = task.load_client_data(cfg, pid, 5)
-            probs = task.predict_proba(model, d.x_cal)
-            scores = task.score_fn(cfg).calibration_scores(probs, d.y_cal, rng=task.score_rng(cfg, pid, "cal"))
+            d = load_client_data(cfg, pid, 5)
+            probs = torch_model.predict_proba(model, d.x_cal)
+            scores = make_score(cfg.score).calibration_scores(probs, d.y_cal, rng=client_rng(cfg.seed, pid, "cal"))
             payloads[str(pid)] = client_payload(
-                task.make_calibrators(cfg, 10), scores, probs, pi_k=0.2, n_clients=5,
-                labels=d.y_cal, probs=probs, rng=task.score_rng(cfg, pid, "split"),
+                cals(), scores, probs, pi_k=0.2, n_clients=5,
+                labels=d.y_cal, probs=probs, rng=client_rng(cfg.seed, pid, "split"),
             )
-        core = fit_all(task.make_calibrators(cfg, 10), payloads, pi={str(p): 0.2 for p in range(5)})
+        core = fit_all(cals(), payloads, pi={str(p): 0.2 for p in range(5)})
         for name in names:
             ours = {k: np.asarray(v) for k, v in predictor_arrays(result.calibrators[name]).items()}
             want = predictor_arrays(core.calibrators[name])

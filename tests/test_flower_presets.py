@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from flwr_gcfcp.app import datasets as data_mod
-from flwr_gcfcp.app import server_app
-from flwr_gcfcp.app import task
+from flwr_gcfcp.app import outputs, partitions, server_app
+from flwr_gcfcp.app.config import AppConfig
 from flwr_gcfcp.methods import client_payload, fit_all, make_calibrators
 from flwr_gcfcp.app.client_app import app as client_app
 from flwr_gcfcp.core.groups import parse_groups
@@ -28,15 +28,7 @@ from flwr_gcfcp.flower.inprocess import InProcessGrid
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "simulations" / "conf"
 
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """The ClientApp may pin torch to one thread (process-wide); give other test modules their setting back."""
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 def _write_outputs(path: Path, n: int = 900, n_classes: int = 6, seed: int = 3, kind: str = "logits") -> None:
@@ -55,12 +47,12 @@ def _write_outputs(path: Path, n: int = 900, n_classes: int = 6, seed: int = 3, 
         np.savez(path, **{kind: arr, "labels": labels.astype(np.int64)})
 
 
-def _core_thresholds(cfg: task.AppConfig, scores, features, client, n_clients: int, n_classes: int) -> dict:
+def _core_thresholds(cfg: AppConfig, scores, features, client, n_clients: int, n_classes: int) -> dict:
     """The federated computation in one process: each client's payload, then fit_all (π uniform)."""
     groups = parse_groups(cfg.groups, n_labels=n_classes)
 
     def cals():
-        return make_calibrators(cfg.method_list(), groups, cfg.alpha, cfg.delta_list(), cfg.conservative)
+        return make_calibrators(cfg.methods.split(","), groups, cfg.alpha, [float(d) for d in cfg.deltas.split(",")], cfg.conservative)
 
     payloads = {}
     for k in range(n_clients):
@@ -71,7 +63,7 @@ def _core_thresholds(cfg: task.AppConfig, scores, features, client, n_clients: i
     return {name: cal.thresholds for name, cal in report.calibrators.items()}
 
 
-def _outputs_core(cfg: task.AppConfig, path: Path, n_clients: int) -> dict:
+def _outputs_core(cfg: AppConfig, path: Path, n_clients: int) -> dict:
     from simulations.mc import classification_draw_fn, parse_client_classes
 
     probs, labels = data_mod.load_model_outputs(path)
@@ -83,7 +75,7 @@ def _outputs_core(cfg: task.AppConfig, path: Path, n_clients: int) -> dict:
 
 def _check_report(result, n_groups: int, out: Path) -> dict:
     data = json.loads((out / "results.json").read_text())
-    assert set(data["methods"]) == set(result.report["methods"])
+    assert set(data["methods"]) == set(result.results["methods"])
     for name, m in data["methods"].items():
         assert 0.0 <= m["marginal_coverage"] <= 1.0, name
         assert len(m["group_coverage"]) == n_groups and len(m["group_set_size"]) == n_groups, name
@@ -103,7 +95,7 @@ def test_outputs_dataset_thresholds_equal_core(tmp_path, monkeypatch):
     monkeypatch.setenv("FLWR_GCFCP_DATA", str(tmp_path / "shared"))
     path = tmp_path / "shared" / "mine" / "outputs.npz"
     _write_outputs(path, kind="logits")
-    cfg = task.AppConfig.from_mapping(
+    cfg = AppConfig.from_mapping(
         {
             "dataset": "outputs",
             "outputs-path": "mine/outputs.npz",  # relative: read from the shared data folder
@@ -128,18 +120,18 @@ def test_outputs_dataset_thresholds_equal_core(tmp_path, monkeypatch):
     probs, labels = data_mod.load_model_outputs(path)
     seen = 0
     for pid, classes in enumerate(cfg.class_lists()):
-        split = task.outputs_split(cfg, pid, 3)
+        split = outputs.outputs_split(cfg, pid, 3)
         assert set(labels[split["cal"]]) <= set(classes) and set(labels[split["test"]]) <= set(classes)
         seen += len(split["cal"]) + len(split["test"])
     assert seen == len(labels)
-    assert sum(len(task.outputs_split(cfg, p, 3)["cal"]) for p in range(3)) == 450
+    assert sum(len(outputs.outputs_split(cfg, p, 3)["cal"]) for p in range(3)) == 450
 
 
 def test_outputs_dataset_log_probs_fraction_split_and_folding(tmp_path):
     """log_probs file, absolute path, calibration-fraction split, 4 label sets folded onto 2 nodes."""
     path = tmp_path / "lp.npz"
     _write_outputs(path, n=600, kind="log_probs")
-    cfg = task.AppConfig.from_mapping(
+    cfg = AppConfig.from_mapping(
         {
             "dataset": "outputs", "outputs-path": str(path), "calibration-fraction": 0.5, "num-server-rounds": 0,
             "client-classes": "0,1;2;3,4;5", "groups": "0-2;2-5", "methods": "fedcp,gcfcp", "deltas": "100",
@@ -147,7 +139,7 @@ def test_outputs_dataset_log_probs_fraction_split_and_folding(tmp_path):
         }
     )
     result = server_app.run(InProcessGrid(client_app, 2), cfg)
-    folded = task.fold_classes(cfg.class_lists(), 2)
+    folded = partitions.fold_classes(cfg.class_lists(), 2)
     assert folded == [[0, 1, 3, 4], [2, 5]]
     probs, labels = data_mod.load_model_outputs(path)
     perm = np.random.default_rng(cfg.seed).permutation(len(labels))
@@ -163,27 +155,27 @@ def test_outputs_dataset_errors_are_clear(tmp_path):
     _write_outputs(path, n=100)
     base = {"dataset": "outputs", "outputs-path": str(path), "num-server-rounds": 0}
     with pytest.raises(ValueError, match="num-server-rounds must be 0"):
-        task.AppConfig.from_mapping({**base, "num-server-rounds": 3})
+        AppConfig.from_mapping({**base, "num-server-rounds": 3})
     with pytest.raises(ValueError, match="needs outputs-path"):
-        task.AppConfig.from_mapping({**base, "outputs-path": ""})
+        AppConfig.from_mapping({**base, "outputs-path": ""})
     with pytest.raises(ValueError, match="need a scalar covariate"):
-        task.AppConfig.from_mapping({**base, "groups": "interval:0-1"})
-    cfg = task.AppConfig.from_mapping({**base, "outputs-path": "no/such/file.npz"})
+        AppConfig.from_mapping({**base, "groups": "interval:0-1"})
+    cfg = AppConfig.from_mapping({**base, "outputs-path": "no/such/file.npz"})
     with pytest.raises(FileNotFoundError, match="no/such/file.npz"):
-        task.load_outputs(cfg)
-    cfg = task.AppConfig.from_mapping({**base, "n-cal": 100})
+        outputs.load_outputs(cfg)
+    cfg = AppConfig.from_mapping({**base, "n-cal": 100})
     with pytest.raises(ValueError, match="n-cal must be <"):
-        task.outputs_split(cfg, 0, 5)
-    cfg = task.AppConfig.from_mapping({**base, "client-classes": "0,1;2,3;4,5;6,7;8,9"})  # file has 6 classes
+        outputs.outputs_split(cfg, 0, 5)
+    cfg = AppConfig.from_mapping({**base, "client-classes": "0,1;2,3;4,5;6,7;8,9"})  # file has 6 classes
     with pytest.raises(ValueError, match="has 6 classes"):
-        task.outputs_split(cfg, 0, 5)
+        outputs.outputs_split(cfg, 0, 5)
 
 
 # ---------------------------------------------------------------------- confidence groups (App. E.2)
 def test_confidence_groups_read_the_probability_rows(tmp_path):
     path = tmp_path / "probs.npz"
     _write_outputs(path, n=1200, kind="probs", seed=11)
-    cfg = task.AppConfig.from_mapping(
+    cfg = AppConfig.from_mapping(
         {
             "dataset": "outputs", "outputs-path": str(path), "n-cal": 600, "num-server-rounds": 0,
             "client-classes": "0,1;2,3;4,5", "groups": "confidence:4+rest",
@@ -194,7 +186,9 @@ def test_confidence_groups_read_the_probability_rows(tmp_path):
     groups = parse_groups(cfg.groups, n_labels=6)
     probs, _ = data_mod.load_model_outputs(path)
     # the feature the app passes follows from the group spec: the probability rows (their maximum), not labels
-    assert task.group_features(groups, probs=probs, covariate=None) is probs
+    from flwr_gcfcp.flower.client import ModelOutputs, _features
+
+    assert _features(ModelOutputs(probs=probs), groups, probs, len(probs)) is probs
     assert np.array_equal(groups.membership(probs), groups.membership(probs.max(axis=1)))
     result = server_app.run(InProcessGrid(client_app, 3), cfg)
     _assert_same_thresholds(result, _outputs_core(cfg, path, 3))
@@ -208,7 +202,7 @@ def test_confidence_groups_read_the_probability_rows(tmp_path):
 def test_regression_thresholds_equal_core_and_report_interval_length(tmp_path):
     from simulations.regression import RegressionSetting, regression_draw_fn
 
-    cfg = task.AppConfig.from_mapping(
+    cfg = AppConfig.from_mapping(
         {**tomllib.loads((CONF / "regression.toml").read_text()), "results-dir": str(tmp_path / "res"), "seed": 3}
     )
     result = server_app.run(InProcessGrid(client_app, 4), cfg)
@@ -232,35 +226,35 @@ def test_regression_thresholds_equal_core_and_report_interval_length(tmp_path):
     assert "interval length" in (tmp_path / "res" / "results.md").read_text()
     # coverage is |y - f(x)| <= threshold on the 200 test points, mixed over the clients with π = 1/4
     x_t, y_t = draw.extra["x_test"], draw.extra["y_test"]
-    assert sum(len(task.regression_split(cfg, p, 4)["y_test"]) for p in range(4)) == len(y_t) == 200
+    assert sum(len(outputs.regression_split(cfg, p, 4)["y_test"]) for p in range(4)) == len(y_t) == 200
     cov = []
     for p in range(4):
-        d = task.regression_split(cfg, p, 4)
+        d = outputs.regression_split(cfg, p, 4)
         cov.append(np.mean(np.abs(d["y_test"] - draw_fn.model.predict(d["x_test"])) <= thr))
     assert split["marginal_coverage"] == pytest.approx(np.mean(cov))
     assert set(np.round(x_t, 12)) == set(np.round(np.concatenate(
-        [task.regression_split(cfg, p, 4)["x_test"] for p in range(4)]), 12))
+        [outputs.regression_split(cfg, p, 4)["x_test"] for p in range(4)]), 12))
 
 
 def test_regression_errors_are_clear():
     base = {"dataset": "regression", "score": "residual", "groups": "interval:0-2;1-3", "client-classes": "0;1;2;3"}
     with pytest.raises(ValueError, match="num-server-rounds must be 0"):
-        task.AppConfig.from_mapping({**base, "num-server-rounds": 2})
+        AppConfig.from_mapping({**base, "num-server-rounds": 2})
     with pytest.raises(ValueError, match="score = 'residual'"):
-        task.AppConfig.from_mapping({**base, "num-server-rounds": 0, "score": "softmax"})
+        AppConfig.from_mapping({**base, "num-server-rounds": 0, "score": "softmax"})
     with pytest.raises(ValueError, match="use interval groups"):
-        task.AppConfig.from_mapping({**base, "num-server-rounds": 0, "groups": "0-3;2-5"})
+        AppConfig.from_mapping({**base, "num-server-rounds": 0, "groups": "0-3;2-5"})
     with pytest.raises(ValueError, match="'residual' is for dataset 'regression'"):
-        task.AppConfig.from_mapping({"score": "residual"})
-    cfg = task.AppConfig.from_mapping({**base, "num-server-rounds": 0, "client-classes": "0;1;2;7"})
+        AppConfig.from_mapping({"score": "residual"})
+    cfg = AppConfig.from_mapping({**base, "num-server-rounds": 0, "client-classes": "0;1;2;7"})
     with pytest.raises(ValueError, match="clients 0..3"):
-        task.regression_split(cfg, 0, 4)
+        outputs.regression_split(cfg, 0, 4)
 
 
 # ---------------------------------------------------------------------- the real preset files on the shared data
-def _preset(name: str, tmp_path: Path) -> task.AppConfig:
+def _preset(name: str, tmp_path: Path) -> AppConfig:
     conf = tomllib.loads((CONF / f"{name}.toml").read_text())
-    return task.AppConfig.from_mapping({**conf, "results-dir": str(tmp_path / "res"), "plot": False})
+    return AppConfig.from_mapping({**conf, "results-dir": str(tmp_path / "res"), "plot": False})
 
 
 FAST_PRESETS = {  # preset -> (shared file it needs, number of groups)
@@ -302,7 +296,7 @@ def test_real_preset_in_process(name, tmp_path):
 
 def test_pretrained_preset_is_a_zero_round_model_run(tmp_path):
     cfg = _preset("cifar10_resnet56_pretrained", tmp_path)
-    assert cfg.num_server_rounds == 0 and task.dataset_kind(cfg.dataset) == "model"
+    assert cfg.num_server_rounds == 0 and partitions.dataset_kind(cfg.dataset) == "model"
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.special
 
 __all__ = [
     "DATA_ENV_VAR",
@@ -701,9 +702,7 @@ def load_model_outputs(path: str | os.PathLike[str], key: str | None = None) -> 
     if key == "logits":
         if not np.all(np.isfinite(out)):
             raise ValueError(f"path={str(path)!r}: logits contain non-finite values")
-        z_ = out - out.max(axis=1, keepdims=True)
-        e = np.exp(z_)
-        probs = e / e.sum(axis=1, keepdims=True)
+        probs = scipy.special.softmax(out, axis=1)
     elif key == "log_probs":
         if np.any(np.isnan(out)) or np.any(out == np.inf):
             raise ValueError(f"path={str(path)!r}: log_probs contain NaN or +inf")

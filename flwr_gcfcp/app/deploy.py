@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 QUIET_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -57,31 +59,15 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None, w
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:g} s")
 
 
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read().decode(errors="replace")
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
 def descendants(pids: list[int]) -> list[int]:
-    """All descendants of ``pids`` (Linux /proc; empty elsewhere)."""
-    cmap = _children_map()
+    """All living descendants of ``pids``."""
     out: list[int] = []
-    stack = list(pids)
-    while stack:
-        for child in cmap.get(stack.pop(), []):
-            if child not in out:
-                out.append(child)
-                stack.append(child)
+    for pid in pids:
+        try:
+            children = psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            continue
+        out += [c.pid for c in children if c.pid not in out]
     return out
 
 
@@ -96,15 +82,11 @@ def _signal(pid: int, sig: int, group: bool) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    try:  # a zombie counts as gone
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return True
 
 
 def stop_processes(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
@@ -137,18 +119,12 @@ def stop_processes(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
 
 
 def pids_with_arg(fragment: str) -> list[int]:
-    """PIDs whose command line contains ``fragment`` (Linux /proc), e.g. a private FLWR_HOME path."""
+    """PIDs (other than this one) whose command line contains ``fragment``, e.g. a private FLWR_HOME path."""
     out = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if fragment in cmd:
-            out.append(int(entry))
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if proc.info["pid"] != os.getpid() and fragment in cmd:
+            out.append(int(proc.info["pid"]))
     return out
 
 

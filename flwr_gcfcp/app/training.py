@@ -7,6 +7,7 @@ scale (use :func:`flwr_gcfcp.app.models.cifar_transform` for uint8 CIFAR images)
 from __future__ import annotations
 
 import numpy as np
+import scipy.special
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -169,9 +170,7 @@ def predict_proba(
     The softmax is taken in float64 on the float64-cast logits (max-subtracted).
     """
     logits = predict_logits(model, x, batch_size=batch_size, num_threads=num_threads, device=device)
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return scipy.special.softmax(np.asarray(logits, dtype=np.float64), axis=1)
 
 
 def evaluate(

@@ -7,6 +7,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..core.metrics import to_jsonable
+
 
 def _fmt(x: Any, pct: bool = True) -> str:
     try:
@@ -52,12 +56,15 @@ def format_table(report: dict[str, Any]) -> str:
         row += [_fmt(v, pct=False) for v in m.get("group_set_size", [])]
         lines.append("| " + " | ".join(row) + " |")
     lines += _class_table(methods) if short != "length" else []
-    excluded = report.get("excluded_clients", [])
+    excluded = list(report.get("excluded_clients", [])) + list(report.get("evaluation_excluded_clients", []))
     if excluded:
         lines.append("")
         lines.append("Excluded clients:")
         for e in excluded:
             lines.append(f"- {e.get('client')} ({e.get('phase')}): {e.get('reason')}")
+    status = report.get("status")
+    if status and status != "evaluated":
+        lines = [f"Status: {status}", ""] + lines
     return "\n".join(lines) + "\n"
 
 
@@ -82,27 +89,9 @@ def _class_table(methods: dict[str, Any], max_columns: int = 20) -> list[str]:
     return lines
 
 
-def save_predictor(predictor: Any, path: Path) -> None:
-    """Save a core predictor (a JSON-able dict, or an object with its own serialiser) as JSON."""
-    if isinstance(predictor, dict):
-        path.write_text(json.dumps(_jsonable(predictor), indent=1))
-        return
-    for meth in ("save", "to_json_file"):
-        fn = getattr(predictor, meth, None)
-        if callable(fn):
-            fn(str(path))
-            return
-    for meth in ("to_json",):
-        fn = getattr(predictor, meth, None)
-        if callable(fn):
-            path.write_text(fn())
-            return
-    for meth in ("to_dict", "to_jsonable"):
-        fn = getattr(predictor, meth, None)
-        if callable(fn):
-            path.write_text(json.dumps(fn(), indent=1))
-            return
-    raise TypeError(f"cannot serialise predictor of type {type(predictor).__name__} to JSON")
+def save_predictor(predictor: dict[str, Any], path: Path) -> None:
+    """Save a calibrated predictor (the JSON-able dict of ``Calibrator.predictor()``)."""
+    path.write_text(json.dumps(to_jsonable(predictor), indent=1))
 
 
 def plot_coverage(report: dict[str, Any], path: Path) -> None:
@@ -110,7 +99,6 @@ def plot_coverage(report: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     methods = report.get("methods", {})
     names = list(report.get("groups", {}).get("names") or [])
@@ -138,48 +126,39 @@ def plot_coverage(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(result: Any, results_dir: str | Path, alpha: float | None = None, plot: bool = True) -> dict:
-    """Write results.json, results.md, coverage.png and predictor_<method>.json; return the file paths."""
+def write_predictors(predictors: dict[str, Any], arrays: Any, results_dir: str | Path) -> dict[str, Any]:
+    """Write predictor_<NAME>.json per method and model.npz (the calibrated model); return the file paths.
+
+    Called as soon as calibration finishes, before the evaluation round, so nothing computed is lost.
+    """
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = result.report
     files: dict[str, Any] = {"predictors": {}}
-    for name, pred in result.predictors.items():
+    for name, pred in predictors.items():
         p = out / f"predictor_{name}.json"
         save_predictor(pred, p)
         files["predictors"][name] = str(p)
-    if len(getattr(result, "arrays", {}) or {}) > 0:
-        import numpy as np
-
+    if len(arrays or {}) > 0:
         model_path = out / "model.npz"
-        np.savez(model_path, **{k: v.numpy() for k, v in result.arrays.items()})
+        np.savez(model_path, **{k: v.numpy() for k, v in arrays.items()})
         files["model"] = str(model_path)
-    md = out / "results.md"
-    md.write_text("# Conformal calibration results\n\n" + format_table(report))
-    files["markdown"] = str(md)
-    if plot:
-        png = out / "coverage.png"
-        plot_coverage(report, png)
-        files["plot"] = str(png)
-    files["json"] = str(out / "results.json")
-    report = {**report, "files": files}
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1, default=_default))
-    tmp.replace(out / "results.json")  # atomic: watchers never read a half-written file
     return files
 
 
-def _jsonable(obj: Any) -> Any:
-    try:
-        from flwr_gcfcp.core.metrics import to_jsonable
-    except ImportError:  # pragma: no cover
-        return json.loads(json.dumps(obj, default=_default))
-    return to_jsonable(obj)
-
-
-def _default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, float) and math.isinf(o):
-        return "inf"
-    return str(o)
+def write_results(results: dict[str, Any], files: dict[str, Any], results_dir: str | Path, plot: bool = True) -> dict:
+    """Write results.json (atomically), results.md and, with ``plot``, coverage.png; return all file paths."""
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = dict(files)
+    md = out / "results.md"
+    md.write_text("# Conformal calibration results\n\n" + format_table(results))
+    files["markdown"] = str(md)
+    if plot:
+        png = out / "coverage.png"
+        plot_coverage(results, png)
+        files["plot"] = str(png)
+    files["json"] = str(out / "results.json")
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(to_jsonable({**results, "files": files}), indent=1))
+    tmp.replace(out / "results.json")  # atomic: watchers never read a half-written file
+    return files
