@@ -247,13 +247,11 @@ def test_saved_predictor_round_trips(tmp_path):
         path.write_text(json.dumps(cal.predictor()))
         loaded = ArraysPredictor.load(path)
         np.testing.assert_array_equal(loaded.predict(sm, probs=p_test), cal.predict(sm, None, probs=p_test))
-    # predictors saved before the offset existed (no "offset" array) still load, with r = 0
-    old = report.calibrators["pointwise_0.1"].predictor()
-    assert old["arrays"].pop("offset") == [0.0]
-    path = tmp_path / "predictor_old.json"
-    path.write_text(json.dumps(old))
+    # evaluation-round arrays without the "offset" entry (sent by an older server) still apply, with r = 0
+    old = report.calibrators["pointwise_0.1"].predictor_arrays()
+    assert old.pop("offset").tolist() == [0.0]
     np.testing.assert_array_equal(
-        ArraysPredictor.load(path).predict(sm, probs=p_test), report.calibrators["pointwise_0.1"].predict(sm, None, probs=p_test)
+        set_mask_from_arrays(old, probs=p_test), report.calibrators["pointwise_0.1"].predict(sm, None, probs=p_test)
     )
     with_offset = report.calibrators["pointwise_0.1_offsetsqrt"]
     assert with_offset.predictor()["arrays"]["offset"] == [with_offset.model.offset_] and with_offset.model.offset_ > 0

@@ -135,10 +135,10 @@ _UNSEALED_FORMATS = ("flwr-gcfcp-arrays-predictor/1",)
 _RULE_ARRAYS = {
     RULE_LABELS: {"rule": "int64", "label_thresholds": "float64"},
     RULE_SETVALUED: {"rule": "int64", "framework": "int64", "k": "int64", "params": "float64", "threshold": "float64",
-                     "temperature": "float64", "temperature_scaling": "int64"},
+                     "temperature": "float64", "temperature_scaling": "int64", "offset": "float64"},
 }
 _ARRAY_SIZES = {"rule": 1, "framework": 1, "k": 1, "params": 4, "threshold": 1, "temperature": 1,
-                "temperature_scaling": 1}
+                "temperature_scaling": 1, "offset": 1}
 
 
 def _json_threshold(v: float) -> float | str:
@@ -306,6 +306,9 @@ class ArraysPredictor:
                                       f"must be 0 or 1, got {int(arrays['temperature_scaling'][0])}")
             if int(arrays["k"][0]) < 0:
                 raise integrity_error("arrays.k", f"must be >= 0 (0 = unset), got {int(arrays['k'][0])}")
+            offset = float(arrays["offset"][0])
+            if not (math.isfinite(offset) and offset >= 0):
+                raise integrity_error("arrays.offset", f"must be finite and >= 0, got {offset!r}")
             temp = float(arrays["temperature"][0])
             if not temp > 0:
                 raise integrity_error("arrays.temperature", f"must be > 0, got {temp!r}")
