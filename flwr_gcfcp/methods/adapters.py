@@ -80,12 +80,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.summaries import PayloadError
+from ..core.encoding import as_small_uint
+from ..core.summaries import DEFAULT_LIMITS, PayloadError, PayloadLimits, decode_digest_blocks, encode_digest_blocks
 from ..core.validation import check_delta, check_scores
 from .arrays import RULE_ATOMS, RULE_LABELS, RULE_SETVALUED, predictor_dict
 from .base import Calibrator
 from .classcond import FederatedClassConditionalCP
-from .setvalued import FRAMEWORKS, SetValuedClassifier, _fbeta_root, _check_k, _check_k_bar
+from .setvalued import _NLL_CLIP, _NLL_SCALE, FRAMEWORKS, SetValuedClassifier, _fbeta_root, _check_k, _check_k_bar
 
 __all__ = [
     "ClassConditionalCalibrator",
@@ -286,24 +287,53 @@ def make_extra_calibrator(
 
 # ------------------------------------------------------------------------------------------------ payloads
 class _DictSummary(dict):
-    """A validated client block (a dict of arrays) with its point count ``n`` (checked equal across blocks)."""
+    """A validated client block in the fit's dict format, with its point count ``n`` (checked equal across
+    blocks) and ``size``, the number of values (clusters, sums) a fit processes."""
 
     n: int
+    size: int
 
 
-def _block_n(block: Mapping[str, np.ndarray]) -> int:
+def _block_n(block: Mapping[str, np.ndarray], limits: PayloadLimits = DEFAULT_LIMITS) -> int:
     if "n" not in block:
         raise PayloadError("missing field 'n'")
     arr = np.asarray(block["n"])
     if arr.shape != (1,) or arr.dtype.kind not in "iu" or int(arr[0]) < 0:
         raise PayloadError(f"field 'n' must be one integer >= 0, got {arr!r}")
+    if int(arr[0]) > limits.max_points:
+        raise PayloadError(f"n = {int(arr[0])} calibration points exceeds PayloadLimits.max_points = {limits.max_points}")
     return int(arr[0])
 
 
-def _wrap(block: Mapping[str, np.ndarray], n: int) -> _DictSummary:
+def _wrap(block: Mapping[str, np.ndarray], n: int, size: int = 0) -> _DictSummary:
     out = _DictSummary({k: np.asarray(v) for k, v in block.items()})
     out.n = n
+    out.size = size
     return out
+
+
+def _encode_parts(out: Mapping[str, np.ndarray], parts: Sequence[str], n_atoms: int | None) -> dict[str, np.ndarray]:
+    """Wire form of per-class digests (``<part>/offsets, means, weights``; ``n_atoms`` classes) or of one digest
+    (``means, weights``; ``n_atoms`` None): :func:`~flwr_gcfcp.core.summaries.encode_digest_blocks` per part."""
+    enc: dict[str, np.ndarray] = {}
+    for part in parts:
+        pre = f"{part}/" if part else ""
+        means, weights = np.asarray(out[f"{pre}means"], dtype=np.float64), np.asarray(out[f"{pre}weights"], dtype=np.int64)
+        offsets = np.asarray(out[f"{pre}offsets"]) if n_atoms is not None else np.array([0, means.size])
+        keys = [c for c in range(offsets.size - 1) if offsets[c + 1] > offsets[c]]
+        enc.update(encode_digest_blocks(
+            keys, [means[offsets[c] : offsets[c + 1]] for c in keys], [weights[offsets[c] : offsets[c + 1]] for c in keys], pre
+        ))
+    return enc
+
+
+def _decode_part(block, part: str, delta: float, n_atoms: int, limits: PayloadLimits) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Decode one part into ``offsets`` over ``n_atoms`` atoms (classes), means, int64 weights, total points."""
+    pre = f"{part}/" if part else ""
+    keys, points, offsets, means, counts = decode_digest_blocks(block, delta, n_atoms, limits, prefix=pre)
+    per_atom = np.zeros(n_atoms, dtype=np.int64)
+    per_atom[keys] = np.diff(offsets)
+    return np.concatenate([[0], np.cumsum(per_atom)]).astype(np.int64), means, counts, sum(points.tolist())
 
 
 def _need(method: str, labels: object, probs: object, what: str) -> None:
@@ -382,28 +412,31 @@ class ClassConditionalCalibrator(Calibrator):
         model = self._new_model(L)
         gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(self.random_state if rng is None else rng)
         out = model.summarize(s, np.asarray(labels, dtype=np.int64).reshape(-1), rng=gen)
-        out["n"] = np.array([s.size], dtype=np.int64)
-        return _wrap(out, s.size)
+        parts = ("clust", "proper") if self.method == "clustered" else ("proper",)
+        enc = {"n": as_small_uint([s.size]), "n_classes": as_small_uint([L]), **_encode_parts(out, parts, L)}
+        return _wrap(enc, s.size)
 
     # ---- server
-    def parse_summary(self, block: Mapping[str, np.ndarray]) -> _DictSummary:
-        n = _block_n(block)
+    def parse_summary(self, block: Mapping[str, np.ndarray], limits: PayloadLimits = DEFAULT_LIMITS) -> _DictSummary:
+        """Validate and decode a client block into the dict :meth:`FederatedClassConditionalCP.fit` reads."""
+        n = _block_n(block, limits)
         nc = np.asarray(block.get("n_classes", [-1])).reshape(-1)
-        if nc.size != 1 or np.asarray(nc).dtype.kind not in "iu" or int(nc[0]) < 2:
+        if nc.size != 1 or np.asarray(nc).dtype.kind not in "iu" or not 2 <= int(nc[0]) <= limits.max_client_values:
             raise PayloadError(f"field 'n_classes' must be one integer >= 2, got {block.get('n_classes')!r}")
         L = int(nc[0])
         if self.n_classes is not None and L != self.n_classes:
             raise PayloadError(f"field 'n_classes' is {L}, expected {self.n_classes}")
-        model = self._new_model(L)
         parts = ("clust", "proper") if self.method == "clustered" else ("proper",)
-        try:
-            model._check_payload(0, block, parts)
-        except ValueError as err:
-            raise PayloadError(str(err).replace("summaries[0]", "payload")) from None
-        total = sum(int(np.asarray(block[f"{p}/weights"]).sum()) for p in parts)
+        out: dict[str, np.ndarray] = {"n_classes": np.array([L], dtype=np.int64), "n": np.array([n], dtype=np.int64)}
+        total = size = 0
+        for part in parts:
+            offsets, means, weights, points = _decode_part(block, part, self.delta, L, limits)
+            out.update({f"{part}/offsets": offsets, f"{part}/means": means, f"{part}/weights": weights})
+            total += points
+            size += means.size
         if total != n:
-            raise PayloadError(f"digest weights sum to {total}, but the client reports n = {n} calibration points")
-        return _wrap(block, n)
+            raise PayloadError(f"digest counts sum to {total}, but the client reports n = {n} calibration points")
+        return _wrap(out, n, size)
 
     def _fit(self, summaries, pi) -> None:
         L = int(np.asarray(summaries[0]["n_classes"]).reshape(-1)[0])
@@ -496,49 +529,56 @@ class SetValuedCalibrator(Calibrator):
             raise ValueError(f"{self.name}: probs have {p.shape[1]} columns, expected n_classes={self.n_classes}")
         n = int(p.shape[0])
         if self.summary_kind == "svnone":
-            return _wrap({"n": np.array([n], dtype=np.int64)}, n)
+            return _wrap({"n": as_small_uint([n])}, n)
         fw = "average_size" if self.framework == "f_beta" else self.framework  # f_beta: one round, digest of all p̂
         helper = self.model if fw == self.framework else SetValuedClassifier(fw, k_bar=1.0, delta=self.model.delta)
         if fw in ("pointwise_error", "average_error"):
             _need(self.name, labels, probs, "labels")
         if n == 0:
-            out = {"n": np.array([0], dtype=np.int64), "n_labels": np.array([p.shape[1] if p.ndim == 2 else 0], dtype=np.int64)}
+            out = {"n_labels": np.array([p.shape[1] if p.ndim == 2 else 0], dtype=np.int64)}
             if fw == "pointwise_error":
                 out["nll"] = np.zeros(self.model.temperatures.size, dtype=np.int64)
             else:
                 out.update(means=np.empty(0), weights=np.empty(0, dtype=np.int64))
-            return _wrap(out, 0)
-        out = helper.summarize(p, None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1))
-        return _wrap(out, n)
+        else:
+            out = helper.summarize(p, None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1))
+        enc = {"n": as_small_uint([n]), "n_labels": as_small_uint(np.asarray(out["n_labels"]).reshape(-1))}
+        if fw == "pointwise_error":
+            enc["nll"] = as_small_uint(out["nll"])
+        else:
+            enc.update(_encode_parts(out, ("",), None))
+        return _wrap(enc, n)
 
     # ---- server
-    def parse_summary(self, block: Mapping[str, np.ndarray]) -> _DictSummary:
-        n = _block_n(block)
+    def parse_summary(self, block: Mapping[str, np.ndarray], limits: PayloadLimits = DEFAULT_LIMITS) -> _DictSummary:
+        """Validate and decode a client block into the dict :meth:`SetValuedClassifier.fit_federated` reads."""
+        n = _block_n(block, limits)
         if self.summary_kind == "svnone":
-            return _wrap(block, n)
+            return _wrap({"n": np.array([n], dtype=np.int64)}, n)
         nl = np.asarray(block.get("n_labels", [-1])).reshape(-1)
-        if nl.size != 1 or nl.dtype.kind not in "iu" or (n > 0 and int(nl[0]) < 2):
+        if nl.size != 1 or nl.dtype.kind not in "iu" or (n > 0 and not 2 <= int(nl[0]) <= limits.max_client_values):
             raise PayloadError(f"field 'n_labels' must be one integer >= 2, got {block.get('n_labels')!r}")
         if self.n_classes is not None and n > 0 and int(nl[0]) != self.n_classes:
             raise PayloadError(f"field 'n_labels' is {int(nl[0])}, expected {self.n_classes}")
+        out: dict[str, np.ndarray] = {"n": np.array([n], dtype=np.int64), "n_labels": np.array([int(nl[0])], dtype=np.int64)}
         if self.summary_kind == "svnll":
             nll = np.asarray(block.get("nll", []))
             if nll.shape != self.model.temperatures.shape or nll.dtype.kind not in "iu" or (nll < 0).any():
                 raise PayloadError(f"field 'nll' must be {self.model.temperatures.size} integers >= 0 (one per temperature)")
-            return _wrap(block, n)
-        for key in ("means", "weights"):
-            if key not in block:
-                raise PayloadError(f"missing field {key!r}")
-        m, w = np.asarray(block["means"]), np.asarray(block["weights"])
-        if m.ndim != 1 or m.shape != w.shape or m.dtype.kind not in "fiu" or w.dtype.kind not in "iu":
-            raise PayloadError("fields 'means' (float) and 'weights' (int) must be 1-D arrays of equal length")
-        if not np.all(np.isfinite(m.astype(np.float64))) or (w <= 0).any():
-            raise PayloadError("field 'means' holds NaN/inf values or 'weights' non-positive counts")
+            cap = n * round(_NLL_CLIP * _NLL_SCALE)  # every point's rounded NLL is at most the clip
+            if any(int(x) > cap or int(x) >= 2**63 for x in nll.tolist()):
+                raise PayloadError(f"field 'nll' holds sums above n · {_NLL_CLIP:g} nats (the per-point clip)")
+            out["nll"] = nll.astype(np.int64)
+            return _wrap(out, n, int(nll.size))
         per_point = {"average_size": None, "f_beta": None, "hybrid_size": self.model.k, "average_error": 1}[self.framework]
         expected = n * (int(nl[0]) if per_point is None else per_point)
-        if int(w.sum()) != expected:
-            raise PayloadError(f"digest weights sum to {int(w.sum())}, expected {expected} for n = {n} points")
-        return _wrap(block, n)
+        if expected > limits.max_points:
+            raise PayloadError(f"{expected} digest points exceed PayloadLimits.max_points = {limits.max_points}")
+        offsets, means, weights, points = _decode_part(block, "", self.model.delta, 1, limits)
+        if points != expected:
+            raise PayloadError(f"digest counts sum to {points}, expected {expected} for n = {n} points")
+        out.update(means=means, weights=weights)
+        return _wrap(out, n, int(means.size))
 
     def _fit(self, summaries, pi) -> None:
         model = SetValuedClassifier(self.framework, **self.kwargs)
