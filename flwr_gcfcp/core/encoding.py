@@ -141,8 +141,11 @@ def encode_sorted_floats(blocks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarr
         unary = np.zeros(int(high[-1]) + e, dtype=np.uint8)
         unary[high + np.arange(e)] = 1
         high_bits.append(unary)
-    cat = lambda parts: np.packbits(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint8)  # noqa: E731
-    return np.asarray(firsts, dtype=np.float64), np.asarray(widths, dtype=np.int64), cat(low_bits), cat(high_bits)
+    return np.asarray(firsts, dtype=np.float64), np.asarray(widths, dtype=np.int64), _pack(low_bits), _pack(high_bits)
+
+
+def _pack(bit_arrays: list[np.ndarray]) -> np.ndarray:
+    return np.packbits(np.concatenate(bit_arrays)) if bit_arrays else np.zeros(0, dtype=np.uint8)
 
 
 def decode_sorted_floats(lengths: np.ndarray, first: np.ndarray, widths: np.ndarray, low: np.ndarray, high: np.ndarray,

@@ -31,6 +31,7 @@ from .groups import GroupSpec, pattern_keys
 from .tdigest import build_digest, check_unit_structure
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "DigestSummary",
     "PayloadError",
     "PayloadLimits",
@@ -177,7 +178,7 @@ def encode_digest_blocks(keys: Sequence[int], means: Sequence[np.ndarray], count
         [list(keys), [int(c.sum()) for c in cs], [c.size for c in cs], mean_widths.tolist(), widths], dtype=np.int64
     ).reshape(5, len(cs))
     parts = [np.unpackbits(pack_uints(c - 1, w))[: c.size * w] for c, w in zip(cs, widths) if w]
-    bits = np.packbits(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint8)
+    bits = np.packbits(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint8)  # atoms' bits back to back
     return {
         f"{prefix}atoms": as_small_uint(atoms),
         f"{prefix}counts": bits,
