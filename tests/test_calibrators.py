@@ -134,8 +134,10 @@ def test_malformed_payloads_are_excluded_and_pi_renormalised():
     atoms = payloads["c2"]["digest250/atoms"].astype(np.int64)
     atoms[0] += 1000  # unknown atoms
     payloads["c2"]["digest250/atoms"] = atoms
-    payloads["c3"]["digest250/first"] = np.full_like(payloads["c3"]["digest250/first"], np.nan)
-    del payloads["c4"]["digest250/counts"]
+    data = payloads["c3"]["digest250/data"].copy()
+    data[:8] = np.frombuffer(np.array([np.nan]).tobytes(), np.uint8)  # the first atom's first mean
+    payloads["c3"]["digest250/data"] = data
+    del payloads["c4"]["digest250/data"]
     report = fit_all(cals, payloads, pi={f"c{k}": 0.2 for k in range(5)})
     assert report.used == ["c0"]
     assert set(report.excluded) == {"c1", "c2", "c3", "c4"}

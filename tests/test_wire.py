@@ -261,14 +261,14 @@ def test_inconsistent_encodings_are_excluded_with_reasons_and_the_rest_fit_as_al
     atoms[4, single] = 0
     atoms[1, single] = atoms[2, single] + 1  # an all-singleton atom (no count bits) claiming more points than values
     payloads["c1"]["digest250/atoms"] = atoms
-    payloads["c2"]["digest250/n"] = payloads["c2"]["digest250/n"] + 1  # n disagrees with the atoms
-    payloads["c3"]["digest250/counts"] = np.concatenate([payloads["c3"]["digest250/counts"], [0]]).astype(np.uint8)
+    payloads["c2"]["digest250/data"] = np.concatenate([payloads["c2"]["digest250/data"], [0]]).astype(np.uint8)
+    payloads["c3"]["digest250/data"] = payloads["c3"]["digest250/data"][:20]
     report = fit_all(cals, payloads)
     assert report.used == ["c4"]
     assert "counts sum to" in report.excluded["c0"]
     assert "counts sum to" in report.excluded["c1"]
-    assert "but n =" in report.excluded["c2"]
-    assert "bytes" in report.excluded["c3"] and "counts" in report.excluded["c3"]
+    assert "trailing bytes" in report.excluded["c2"]
+    assert "fewer than the" in report.excluded["c3"]
     alone = _fit_without(cals, clients, {0, 1, 2, 3})
     assert report.calibrators["gcfcp_delta250"].thresholds == alone.calibrators["gcfcp_delta250"].thresholds
 
@@ -281,16 +281,14 @@ def _pack_counts(counts, width):
 def test_overflowing_counts_whose_int64_sum_wraps_to_n_are_excluded():
     clients = _synthetic_clients(5)
     cals, payloads = _gcfcp_round(clients)
-    n = int(payloads["c0"]["digest250/n"][0])
+    n = int(payloads["c0"]["digest250/atoms"][1].astype(np.int64).sum())
     # one atom holding all n points as four clusters whose counts wrap around 2**64 to n
     counts = [2**62, 2**62, 2**62, 2**62 + n]
     assert int(np.array(counts, dtype=np.uint64).sum()) == n  # the wrap-around the attack relies on
+    _, _, low, high = encode_sorted_floats([np.zeros(4)])
     payloads["c0"] = {
-        "digest250/n": np.array([n], np.uint64),
         "digest250/atoms": np.array([[1], [n], [4], [0], [63]], dtype=np.uint64),
-        "digest250/counts": _pack_counts(counts, 63),
-        "digest250/first": np.zeros(1),
-        **dict(zip(("digest250/low", "digest250/high"), encode_sorted_floats([np.zeros(4)])[2:])),
+        "digest250/data": np.concatenate([np.zeros(8, np.uint8), _pack_counts(counts, 63), low, high]),
     }
     # per-atom point counts whose int64 sum wraps to n
     atoms = _atoms(payloads["c1"]).astype(np.uint64)
@@ -390,7 +388,7 @@ def test_class_conditional_and_set_valued_blocks_are_validated_like_digests():
     cals = make_calibrators(["classwise", "avg_size:2", "pointwise"], GROUPS, 0.1)
     payloads = _payloads(cals, clients)
     coarse = build_digest(np.arange(50.0), None, 1.0)
-    bad = encode_digest_blocks([0], [coarse.means], [coarse.weights], "ccclass250/proper/")
+    bad = encode_digest_blocks([0], [coarse.means], [coarse.weights], "ccclass250/")
     payloads["c0"].update(bad)
     atoms = payloads["c1"]["svprobs250/atoms"].astype(np.int64)
     atoms[0, 0] = 1  # a set-valued digest has the one atom 0
@@ -416,5 +414,5 @@ def test_payload_limits_are_validated():
     assert PayloadLimits(min_points=3).points_floor(0.1) == 3
     with pytest.raises(ValueError, match="PayloadLimits"):
         fit_all({}, {}, limits={"max_points": 5})
-    with pytest.raises(PayloadError, match="missing field 'n'"):
-        DigestSummary.from_arrays({}, 250)
+    with pytest.raises(PayloadError, match="missing field 'atoms'"):
+        DigestSummary.from_arrays({"data": np.zeros(0, np.uint8)}, 250)

@@ -164,12 +164,35 @@ def _check_values(count: int, limits: PayloadLimits, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ digest blocks
-def encode_digest_blocks(keys: Sequence[int], means: Sequence[np.ndarray], counts: Sequence[np.ndarray], prefix: str = "") -> dict[str, np.ndarray]:
-    """Encode per-atom digests (non-empty, unit-weight integer counts) as the arrays listed in the module docstring.
+def _float_bytes(values: np.ndarray) -> np.ndarray:
+    return np.frombuffer(np.asarray(values, dtype="<f8").tobytes(), dtype=np.uint8)
 
-    Arrays (after ``prefix``): ``atoms`` (5, a) small uint — rows key, points, clusters, mean bit width, count bit
-    width; ``counts`` uint8 — ``count - 1`` per cluster at its atom's count width; ``first`` (a,) float64 — each
-    atom's first mean; ``low``, ``high`` uint8 — the Elias-Fano code of the later means.
+
+def _split_data(data: np.ndarray, sizes: Sequence[int], field: str) -> list[np.ndarray]:
+    """Cut ``data`` into sections of the given byte sizes plus the rest (the unary section, checked later)."""
+    if data.dtype != np.uint8:
+        raise PayloadError(f"field {field!r} must be uint8 bytes, got dtype {data.dtype}")
+    if data.size < sum(sizes):
+        raise PayloadError(f"field {field!r} holds {data.size} bytes, fewer than the {sum(sizes)} its header implies")
+    bounds = np.cumsum([0, *sizes])
+    return [data[bounds[i] : bounds[i + 1]] for i in range(len(sizes))] + [data[bounds[-1] :]]
+
+
+def _first_values(section: np.ndarray, field: str) -> np.ndarray:
+    values = np.frombuffer(section.tobytes(), dtype="<f8").astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise PayloadError(f"field {field!r} holds NaN or inf values")
+    return values
+
+
+def encode_digest_blocks(keys: Sequence[int], means: Sequence[np.ndarray], counts: Sequence[np.ndarray], prefix: str = "") -> dict[str, np.ndarray]:
+    """Encode per-atom digests (non-empty, unit-weight integer counts) as two arrays (after ``prefix``).
+
+    ``atoms`` (5, a) small uint — rows: key, points n_a, clusters m_a, mean code width l_a, count width w_a.
+    ``data`` uint8 — four byte-aligned sections: each atom's first mean (float64, little-endian, 8a bytes); the
+    counts as ``count - 1`` in ``w_a`` bits per cluster (``w_a = 0`` when every cluster of the atom is one point);
+    the low and then the unary high parts of the Elias-Fano code of the later means
+    (:func:`~flwr_gcfcp.core.encoding.encode_sorted_floats`).
     """
     cs = [np.asarray(c, dtype=np.int64) for c in counts]
     widths = [int(c.max() - 1).bit_length() for c in cs]
@@ -179,13 +202,7 @@ def encode_digest_blocks(keys: Sequence[int], means: Sequence[np.ndarray], count
     ).reshape(5, len(cs))
     parts = [np.unpackbits(pack_uints(c - 1, w))[: c.size * w] for c, w in zip(cs, widths) if w]
     bits = np.packbits(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint8)  # atoms' bits back to back
-    return {
-        f"{prefix}atoms": as_small_uint(atoms),
-        f"{prefix}counts": bits,
-        f"{prefix}first": first,
-        f"{prefix}low": low,
-        f"{prefix}high": high,
-    }
+    return {f"{prefix}atoms": as_small_uint(atoms), f"{prefix}data": np.concatenate([_float_bytes(first), bits, low, high])}
 
 
 def decode_digest_blocks(
@@ -236,8 +253,13 @@ def decode_digest_blocks(
     need = np.array([int(p - 1).bit_length() for p in points.tolist()], dtype=np.int64)
     if np.any(count_w > need):
         raise PayloadError(f"count bit widths in '{prefix}atoms' are wider than the atoms' point counts need")
+    n_bits = int((clusters * count_w).sum())
+    low_bits = int(((clusters - 1) * mean_w).sum())
+    first, count_bytes, low, high = _split_data(
+        _field(arrays, f"{prefix}data", 1, "u"), [8 * a, (n_bits + 7) // 8, (low_bits + 7) // 8], f"{prefix}data"
+    )
     try:
-        bits = unpack_bits(_field(arrays, f"{prefix}counts", 1, "u"), int((clusters * count_w).sum()), f"{prefix}counts")
+        bits = unpack_bits(count_bytes, n_bits, f"{prefix}data (counts)")
         counts = np.empty(total, dtype=np.int64)
         pos = out = 0
         for i in range(a):
@@ -261,9 +283,8 @@ def decode_digest_blocks(
             reason = check_unit_structure(c, delta)
             if reason is not None:
                 raise PayloadError(f"atom {int(keys[i])} is not a valid δ = {delta:g} digest: {reason}")
-        first = _floats(arrays, f"{prefix}first")
-        means = decode_sorted_floats(clusters, first, mean_w, _field(arrays, f"{prefix}low", 1, "u"),
-                                     _field(arrays, f"{prefix}high", 1, "u"), field=f"{prefix}means")
+        first = _first_values(first, f"{prefix}data (first means)")
+        means = decode_sorted_floats(clusters, first, mean_w, low, high, field=f"{prefix}data (means)")
     except EncodingError as err:
         raise PayloadError(str(err)) from None
     return keys, points, offsets, means, counts
@@ -302,12 +323,9 @@ class DigestSummary:
         return int(self.means.size)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Wire arrays: ``n`` (1,) small uint plus :func:`encode_digest_blocks` of the atoms."""
+        """Wire arrays: :func:`encode_digest_blocks` of the atoms (n_k is the sum of the atoms' points)."""
         sl = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in range(self.atom_keys.size)]
-        return {
-            "n": as_small_uint([self.n]),
-            **encode_digest_blocks(self.atom_keys.tolist(), [self.means[s] for s in sl], [self.counts[s] for s in sl]),
-        }
+        return encode_digest_blocks(self.atom_keys.tolist(), [self.means[s] for s in sl], [self.counts[s] for s in sl])
 
     @property
     def nbytes(self) -> int:
@@ -322,12 +340,10 @@ class DigestSummary:
         allowed_keys: np.ndarray | int | None = None,
         limits: PayloadLimits = DEFAULT_LIMITS,
     ) -> "DigestSummary":
-        """Validate and decode (see :func:`decode_digest_blocks`); ``n`` must equal the atoms' points summed."""
-        n = _uints(arrays, "n", 1)[0]
-        _check_points(n, limits)
+        """Validate and decode (see :func:`decode_digest_blocks`); n_k is the atoms' points summed (exactly)."""
         keys, points, offsets, means, counts = decode_digest_blocks(arrays, delta, allowed_keys, limits)
-        if sum(points.tolist()) != n:
-            raise PayloadError(f"atoms hold {sum(points.tolist())} points, but n = {n}")
+        n = sum(points.tolist())
+        _check_points(n, limits)
         return cls(n=n, delta=float(delta), atom_keys=keys, offsets=offsets, means=means, counts=counts)
 
     def atom_blocks(self):
@@ -410,8 +426,9 @@ class RawSummary:
 class QQSummary:
     """FedCP-QQ: the client's n_k and its largest order statistics (enough for the server's rank).
 
-    Wire form: ``head`` (3,) small uint — n, number of order statistics m, their Elias-Fano bit width; ``first``
-    (1,) float64, ``low``, ``high`` uint8 — the m values in increasing order (:mod:`.encoding`), bit-exact.
+    Wire form: ``head`` (3,) small uint — n, number of order statistics m, their Elias-Fano bit width; ``data``
+    uint8 — the smallest of them (float64, 8 bytes), then the low and the unary high parts of the code of the
+    others (:mod:`.encoding`): the m values in increasing order, bit-exact.
     """
 
     n: int
@@ -426,9 +443,7 @@ class QQSummary:
         first, widths, low, high = encode_sorted_floats(blocks)
         return {
             "head": as_small_uint([self.n, self.top.size, int(widths[0]) if widths.size else 0]),
-            "first": first,
-            "low": low,
-            "high": high,
+            "data": np.concatenate([_float_bytes(first), low, high]),
         }
 
     @property
@@ -444,11 +459,13 @@ class QQSummary:
         _check_values(m, limits, "order statistics")
         if m > n:
             raise PayloadError(f"{m} order statistics sent for n = {n} points")
-        lengths = [m] if m else []
+        if width > 63:
+            raise PayloadError(f"code width {width} in 'head' must be at most 63")
+        first, low, high = _split_data(_field(arrays, "data", 1, "u"), [8 if m else 0, (max(m - 1, 0) * width + 7) // 8], "data")
         try:
             values = decode_sorted_floats(
-                np.asarray(lengths, dtype=np.int64), _floats(arrays, "first"), np.asarray([width] if m else [], dtype=np.int64),
-                _field(arrays, "low", 1, "u"), _field(arrays, "high", 1, "u"), field="top",
+                np.asarray([m] if m else [], dtype=np.int64), _first_values(first, "data (first value)"),
+                np.asarray([width] if m else [], dtype=np.int64), low, high, field="data (top)",
             )
         except EncodingError as err:
             raise PayloadError(str(err)) from None

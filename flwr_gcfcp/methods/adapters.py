@@ -294,15 +294,17 @@ class _DictSummary(dict):
     size: int
 
 
-def _block_n(block: Mapping[str, np.ndarray], limits: PayloadLimits = DEFAULT_LIMITS) -> int:
-    if "n" not in block:
-        raise PayloadError("missing field 'n'")
-    arr = np.asarray(block["n"])
-    if arr.shape != (1,) or arr.dtype.kind not in "iu" or int(arr[0]) < 0:
-        raise PayloadError(f"field 'n' must be one integer >= 0, got {arr!r}")
-    if int(arr[0]) > limits.max_points:
-        raise PayloadError(f"n = {int(arr[0])} calibration points exceeds PayloadLimits.max_points = {limits.max_points}")
-    return int(arr[0])
+def _block_head(block: Mapping[str, np.ndarray], size: int, limits: PayloadLimits) -> list[int]:
+    """The block's ``head`` (n first, then the label count where there is one), validated."""
+    if "head" not in block:
+        raise PayloadError("missing field 'head'")
+    arr = np.asarray(block["head"])
+    if arr.shape != (size,) or arr.dtype.kind not in "iu" or int(arr.min()) < 0:
+        raise PayloadError(f"field 'head' must hold {size} integers >= 0, got {arr!r}")
+    head = [int(x) for x in arr.tolist()]
+    if head[0] > limits.max_points:
+        raise PayloadError(f"n = {head[0]} calibration points exceeds PayloadLimits.max_points = {limits.max_points}")
+    return head
 
 
 def _wrap(block: Mapping[str, np.ndarray], n: int, size: int = 0) -> _DictSummary:
@@ -312,28 +314,35 @@ def _wrap(block: Mapping[str, np.ndarray], n: int, size: int = 0) -> _DictSummar
     return out
 
 
-def _encode_parts(out: Mapping[str, np.ndarray], parts: Sequence[str], n_atoms: int | None) -> dict[str, np.ndarray]:
-    """Wire form of per-class digests (``<part>/offsets, means, weights``; ``n_atoms`` classes) or of one digest
-    (``means, weights``; ``n_atoms`` None): :func:`~flwr_gcfcp.core.summaries.encode_digest_blocks` per part."""
-    enc: dict[str, np.ndarray] = {}
-    for part in parts:
+def _encode_digests(out: Mapping[str, np.ndarray], parts: Sequence[str], n_classes: int | None) -> dict[str, np.ndarray]:
+    """One :func:`~flwr_gcfcp.core.summaries.encode_digest_blocks` block for per-class digests of several parts
+    (``<part>/offsets, means, weights``; atom key ``part index · L + class``) or for one digest (``means,
+    weights``; ``n_classes`` None, atom key 0)."""
+    keys, means, counts = [], [], []
+    for i, part in enumerate(parts):
         pre = f"{part}/" if part else ""
-        means, weights = np.asarray(out[f"{pre}means"], dtype=np.float64), np.asarray(out[f"{pre}weights"], dtype=np.int64)
-        offsets = np.asarray(out[f"{pre}offsets"]) if n_atoms is not None else np.array([0, means.size])
-        keys = [c for c in range(offsets.size - 1) if offsets[c + 1] > offsets[c]]
-        enc.update(encode_digest_blocks(
-            keys, [means[offsets[c] : offsets[c + 1]] for c in keys], [weights[offsets[c] : offsets[c + 1]] for c in keys], pre
-        ))
-    return enc
+        m, w = np.asarray(out[f"{pre}means"], dtype=np.float64), np.asarray(out[f"{pre}weights"], dtype=np.int64)
+        offsets = np.asarray(out[f"{pre}offsets"]) if n_classes is not None else np.array([0, m.size])
+        for c in range(offsets.size - 1):
+            a, b = int(offsets[c]), int(offsets[c + 1])
+            if b > a:
+                keys.append(i * (n_classes or 1) + c)
+                means.append(m[a:b])
+                counts.append(w[a:b])
+    return encode_digest_blocks(keys, means, counts)
 
 
-def _decode_part(block, part: str, delta: float, n_atoms: int, limits: PayloadLimits) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Decode one part into ``offsets`` over ``n_atoms`` atoms (classes), means, int64 weights, total points."""
-    pre = f"{part}/" if part else ""
-    keys, points, offsets, means, counts = decode_digest_blocks(block, delta, n_atoms, limits, prefix=pre)
-    per_atom = np.zeros(n_atoms, dtype=np.int64)
-    per_atom[keys] = np.diff(offsets)
-    return np.concatenate([[0], np.cumsum(per_atom)]).astype(np.int64), means, counts, sum(points.tolist())
+def _decode_digests(block, parts: Sequence[str], delta: float, n_classes: int, limits: PayloadLimits):
+    """Inverse of :func:`_encode_digests`: per part ``(offsets (L + 1,), means, int64 weights)``, and the points."""
+    keys, points, offsets, means, counts = decode_digest_blocks(block, delta, len(parts) * n_classes, limits)
+    out = {}
+    for i, part in enumerate(parts):
+        idx = np.flatnonzero(keys // n_classes == i)  # keys are sorted, so a part's clusters are contiguous
+        per_class = np.zeros(n_classes, dtype=np.int64)
+        per_class[keys[idx] % n_classes] = np.diff(offsets)[idx]
+        lo, hi = (int(offsets[idx[0]]), int(offsets[idx[-1] + 1])) if idx.size else (0, 0)
+        out[part] = (np.concatenate([[0], np.cumsum(per_class)]).astype(np.int64), means[lo:hi], counts[lo:hi])
+    return out, sum(points.tolist())
 
 
 def _need(method: str, labels: object, probs: object, what: str) -> None:
@@ -413,30 +422,24 @@ class ClassConditionalCalibrator(Calibrator):
         gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(self.random_state if rng is None else rng)
         out = model.summarize(s, np.asarray(labels, dtype=np.int64).reshape(-1), rng=gen)
         parts = ("clust", "proper") if self.method == "clustered" else ("proper",)
-        enc = {"n": as_small_uint([s.size]), "n_classes": as_small_uint([L]), **_encode_parts(out, parts, L)}
-        return _wrap(enc, s.size)
+        return _wrap({"head": as_small_uint([s.size, L]), **_encode_digests(out, parts, L)}, s.size)
 
     # ---- server
     def parse_summary(self, block: Mapping[str, np.ndarray], limits: PayloadLimits = DEFAULT_LIMITS) -> _DictSummary:
         """Validate and decode a client block into the dict :meth:`FederatedClassConditionalCP.fit` reads."""
-        n = _block_n(block, limits)
-        nc = np.asarray(block.get("n_classes", [-1])).reshape(-1)
-        if nc.size != 1 or np.asarray(nc).dtype.kind not in "iu" or not 2 <= int(nc[0]) <= limits.max_client_values:
-            raise PayloadError(f"field 'n_classes' must be one integer >= 2, got {block.get('n_classes')!r}")
-        L = int(nc[0])
+        n, L = _block_head(block, 2, limits)
+        if not 2 <= L <= limits.max_client_values:
+            raise PayloadError(f"the class count in 'head' must be an integer >= 2, got {L}")
         if self.n_classes is not None and L != self.n_classes:
-            raise PayloadError(f"field 'n_classes' is {L}, expected {self.n_classes}")
+            raise PayloadError(f"the class count in 'head' is {L}, expected {self.n_classes}")
         parts = ("clust", "proper") if self.method == "clustered" else ("proper",)
-        out: dict[str, np.ndarray] = {"n_classes": np.array([L], dtype=np.int64), "n": np.array([n], dtype=np.int64)}
-        total = size = 0
-        for part in parts:
-            offsets, means, weights, points = _decode_part(block, part, self.delta, L, limits)
-            out.update({f"{part}/offsets": offsets, f"{part}/means": means, f"{part}/weights": weights})
-            total += points
-            size += means.size
+        decoded, total = _decode_digests(block, parts, self.delta, L, limits)
         if total != n:
             raise PayloadError(f"digest counts sum to {total}, but the client reports n = {n} calibration points")
-        return _wrap(out, n, size)
+        out: dict[str, np.ndarray] = {"n_classes": np.array([L], dtype=np.int64), "n": np.array([n], dtype=np.int64)}
+        for part, (offsets, means, weights) in decoded.items():
+            out.update({f"{part}/offsets": offsets, f"{part}/means": means, f"{part}/weights": weights})
+        return _wrap(out, n, sum(m.size for _, m, _ in decoded.values()))
 
     def _fit(self, summaries, pi) -> None:
         L = int(np.asarray(summaries[0]["n_classes"]).reshape(-1)[0])
@@ -529,7 +532,7 @@ class SetValuedCalibrator(Calibrator):
             raise ValueError(f"{self.name}: probs have {p.shape[1]} columns, expected n_classes={self.n_classes}")
         n = int(p.shape[0])
         if self.summary_kind == "svnone":
-            return _wrap({"n": as_small_uint([n])}, n)
+            return _wrap({"head": as_small_uint([n])}, n)
         fw = "average_size" if self.framework == "f_beta" else self.framework  # f_beta: one round, digest of all p̂
         helper = self.model if fw == self.framework else SetValuedClassifier(fw, k_bar=1.0, delta=self.model.delta)
         if fw in ("pointwise_error", "average_error"):
@@ -542,25 +545,25 @@ class SetValuedCalibrator(Calibrator):
                 out.update(means=np.empty(0), weights=np.empty(0, dtype=np.int64))
         else:
             out = helper.summarize(p, None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1))
-        enc = {"n": as_small_uint([n]), "n_labels": as_small_uint(np.asarray(out["n_labels"]).reshape(-1))}
+        enc = {"head": as_small_uint([n, int(np.asarray(out["n_labels"]).reshape(-1)[0])])}
         if fw == "pointwise_error":
             enc["nll"] = as_small_uint(out["nll"])
         else:
-            enc.update(_encode_parts(out, ("",), None))
+            enc.update(_encode_digests(out, ("",), None))
         return _wrap(enc, n)
 
     # ---- server
     def parse_summary(self, block: Mapping[str, np.ndarray], limits: PayloadLimits = DEFAULT_LIMITS) -> _DictSummary:
         """Validate and decode a client block into the dict :meth:`SetValuedClassifier.fit_federated` reads."""
-        n = _block_n(block, limits)
         if self.summary_kind == "svnone":
+            n = _block_head(block, 1, limits)[0]
             return _wrap({"n": np.array([n], dtype=np.int64)}, n)
-        nl = np.asarray(block.get("n_labels", [-1])).reshape(-1)
-        if nl.size != 1 or nl.dtype.kind not in "iu" or (n > 0 and not 2 <= int(nl[0]) <= limits.max_client_values):
-            raise PayloadError(f"field 'n_labels' must be one integer >= 2, got {block.get('n_labels')!r}")
-        if self.n_classes is not None and n > 0 and int(nl[0]) != self.n_classes:
-            raise PayloadError(f"field 'n_labels' is {int(nl[0])}, expected {self.n_classes}")
-        out: dict[str, np.ndarray] = {"n": np.array([n], dtype=np.int64), "n_labels": np.array([int(nl[0])], dtype=np.int64)}
+        n, n_labels = _block_head(block, 2, limits)
+        if n > 0 and not 2 <= n_labels <= limits.max_client_values:
+            raise PayloadError(f"the label count in 'head' must be an integer >= 2, got {n_labels}")
+        if self.n_classes is not None and n > 0 and n_labels != self.n_classes:
+            raise PayloadError(f"the label count in 'head' is {n_labels}, expected {self.n_classes}")
+        out: dict[str, np.ndarray] = {"n": np.array([n], dtype=np.int64), "n_labels": np.array([n_labels], dtype=np.int64)}
         if self.summary_kind == "svnll":
             nll = np.asarray(block.get("nll", []))
             if nll.shape != self.model.temperatures.shape or nll.dtype.kind not in "iu" or (nll < 0).any():
@@ -571,10 +574,11 @@ class SetValuedCalibrator(Calibrator):
             out["nll"] = nll.astype(np.int64)
             return _wrap(out, n, int(nll.size))
         per_point = {"average_size": None, "f_beta": None, "hybrid_size": self.model.k, "average_error": 1}[self.framework]
-        expected = n * (int(nl[0]) if per_point is None else per_point)
+        expected = n * (n_labels if per_point is None else per_point)
         if expected > limits.max_points:
             raise PayloadError(f"{expected} digest points exceed PayloadLimits.max_points = {limits.max_points}")
-        offsets, means, weights, points = _decode_part(block, "", self.model.delta, 1, limits)
+        decoded, points = _decode_digests(block, ("",), self.model.delta, 1, limits)
+        _, means, weights = decoded[""]
         if points != expected:
             raise PayloadError(f"digest counts sum to {points}, expected {expected} for n = {n} points")
         out.update(means=means, weights=weights)
