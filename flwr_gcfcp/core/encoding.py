@@ -25,6 +25,7 @@ __all__ = [
     "order_keys_to_floats",
     "pack_uints",
     "smallest_uint",
+    "split_uints",
     "unpack_bits",
     "unpack_uints",
 ]
@@ -181,32 +182,50 @@ def decode_sorted_floats(lengths: np.ndarray, first: np.ndarray, widths: np.ndar
     end = int(ones[-1]) + 1 if n_ones else 0
     if high.size != (end + 7) // 8:
         raise EncodingError(f"field '{field}/high' has trailing bytes after its last value")
-    low_vals = np.empty(n_ones, dtype=np.uint64)
-    low_bits = unpack_bits(low, int((e * widths).sum()), f"{field}/low")
     out = np.empty(int(lengths.sum()), dtype=np.float64)
-    pos_bits = pos_one = pos_out = 0
-    for i in range(a):
-        ei, w = int(e[i]), int(widths[i])
-        out[pos_out] = first[i] + 0.0
-        if ei:
-            chunk = low_bits[pos_bits : pos_bits + ei * w].reshape(ei, w).astype(np.uint64)
-            shifts = np.arange(w - 1, -1, -1, dtype=np.uint64)
-            low_vals[:ei] = (chunk << shifts).sum(axis=1, dtype=np.uint64)
-            start = int(ones[pos_one - 1]) + 1 if pos_one else 0
-            hi = (ones[pos_one : pos_one + ei] - start - np.arange(ei)).astype(np.uint64)
-            if w and int(hi[-1]) > (2**64 - 1) >> w:
-                raise EncodingError(f"field {field!r}: block {i} decodes past the 64-bit key range")
-            z = (hi << np.uint64(w)) | low_vals[:ei]
-            if np.any(z[1:] < z[:-1]):
-                raise EncodingError(f"field {field!r}: block {i} does not decode to non-decreasing values")
-            base = float_order_keys(first[i : i + 1])[0]
-            if int(z[-1]) > 2**64 - 1 - int(base):
-                raise EncodingError(f"field {field!r}: block {i} decodes past the 64-bit key range")
-            vals = order_keys_to_floats(base + z)
-            if not np.all(np.isfinite(vals)):
-                raise EncodingError(f"field {field!r}: block {i} decodes to NaN or inf values")
-            out[pos_out + 1 : pos_out + 1 + ei] = vals
-        pos_bits += ei * w
-        pos_one += ei
-        pos_out += ei + 1
+    heads = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if a else np.zeros(0, np.int64)
+    out[heads] = first + 0.0
+    low_bits = unpack_bits(low, int((e * widths).sum()), f"{field}/low")
+    if not n_ones:
+        return out
+    block = np.repeat(np.arange(a), e)  # block of each later value
+    w = widths[block]
+    low_vals = split_uints(low_bits, w)
+    one_start = np.cumsum(e) - e  # index in ``ones`` of each block's first later value
+    seg = np.where(one_start > 0, ones[np.maximum(one_start - 1, 0)] + 1, 0)  # where each block's unary part starts
+    hi = (ones - seg[block] - (np.arange(n_ones) - one_start[block])).astype(np.uint64)
+    uw = w.astype(np.uint64)
+    bad = hi > (np.uint64(2**64 - 1) >> uw)
+    if bad.any():
+        raise EncodingError(f"field {field!r}: block {int(block[np.argmax(bad)])} decodes past the 64-bit key range")
+    z = (hi << uw) | low_vals
+    bad = (block[1:] == block[:-1]) & (z[1:] < z[:-1])
+    if bad.any():
+        raise EncodingError(f"field {field!r}: block {int(block[np.argmax(bad) + 1])} does not decode to non-decreasing values")
+    base = float_order_keys(first)[block]
+    bad = z > ~base  # base + z would pass 2**64 - 1
+    if bad.any():
+        raise EncodingError(f"field {field!r}: block {int(block[np.argmax(bad)])} decodes past the 64-bit key range")
+    vals = order_keys_to_floats(base + z)
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        raise EncodingError(f"field {field!r}: block {int(block[np.argmax(bad)])} decodes to NaN or inf values")
+    later = np.ones(out.size, dtype=bool)
+    later[heads] = False
+    out[later] = vals
+    return out
+
+
+def split_uints(bits: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Read consecutive unsigned integers of the given bit widths (<= 64 each, MSB first) from a bit array.
+
+    ``bits`` must hold exactly ``sum(widths)`` bits; vectorised per distinct width.
+    """
+    widths = np.asarray(widths, dtype=np.int64)
+    out = np.zeros(widths.size, dtype=np.uint64)
+    starts = np.cumsum(widths) - widths
+    for width in np.unique(widths[widths > 0]).tolist():
+        sel = np.flatnonzero(widths == width)
+        chunk = bits[starts[sel][:, None] + np.arange(width)].astype(np.uint64)
+        out[sel] = (chunk << np.arange(width - 1, -1, -1, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
     return out

@@ -26,9 +26,17 @@ from fractions import Fraction
 
 import numpy as np
 
-from .encoding import EncodingError, as_small_uint, decode_sorted_floats, encode_sorted_floats, pack_uints, unpack_bits
+from .encoding import (
+    EncodingError,
+    as_small_uint,
+    decode_sorted_floats,
+    encode_sorted_floats,
+    pack_uints,
+    split_uints,
+    unpack_bits,
+)
 from .groups import GroupSpec, pattern_keys
-from .tdigest import build_digest, check_unit_structure
+from .tdigest import build_digest, first_structure_violation
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -260,29 +268,21 @@ def decode_digest_blocks(
     )
     try:
         bits = unpack_bits(count_bytes, n_bits, f"{prefix}data (counts)")
-        counts = np.empty(total, dtype=np.int64)
-        pos = out = 0
-        for i in range(a):
-            m, w = int(clusters[i]), int(count_w[i])
-            if w:
-                chunk = bits[pos : pos + m * w].reshape(m, w).astype(np.int64)
-                counts[out : out + m] = (chunk << np.arange(w - 1, -1, -1, dtype=np.int64)).sum(axis=1) + 1
-            else:
-                counts[out : out + m] = 1
-            pos += m * w
-            out += m
+        counts = split_uints(bits, np.repeat(count_w, clusters)).astype(np.int64) + 1
         offsets = np.concatenate([[0], np.cumsum(clusters)]).astype(np.int64)
-        # each count < 2**bit_length(points) <= 2 * max_points and there are <= max_client_values of them, so the
-        # int64 sums below cannot wrap (PayloadLimits keeps max_points * max_client_values < 2**62)
-        for i in range(a):
-            c = counts[offsets[i] : offsets[i + 1]]
-            if int(c.max()) > int(points[i]) or int(c.sum()) != int(points[i]):
+        if a:
+            # each count < 2**bit_length(points) <= 2 * max_points and there are <= max_client_values of them, so the
+            # int64 sums cannot wrap (PayloadLimits keeps max_points * max_client_values < 2**62)
+            sums = np.add.reduceat(counts, offsets[:-1])
+            bad = (np.maximum.reduceat(counts, offsets[:-1]) > points) | (sums != points)
+            if bad.any():
+                i = int(np.argmax(bad))
                 raise PayloadError(
-                    f"atom {int(keys[i])}: cluster counts sum to {sum(c.tolist())}, but the atom claims {int(points[i])} points"
+                    f"atom {int(keys[i])}: cluster counts sum to {int(sums[i])}, but the atom claims {int(points[i])} points"
                 )
-            reason = check_unit_structure(c, delta)
-            if reason is not None:
-                raise PayloadError(f"atom {int(keys[i])} is not a valid δ = {delta:g} digest: {reason}")
+            found = first_structure_violation(counts, offsets, delta)
+            if found is not None:
+                raise PayloadError(f"atom {int(keys[found[0]])} is not a valid δ = {delta:g} digest: {found[1]}")
         first = _first_values(first, f"{prefix}data (first means)")
         means = decode_sorted_floats(clusters, first, mean_w, low, high, field=f"{prefix}data (means)")
     except EncodingError as err:

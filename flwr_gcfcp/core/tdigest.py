@@ -52,7 +52,7 @@ import numpy as np
 
 from .validation import check_delta, check_scores
 
-__all__ = ["EDGE_MARGIN", "STRUCTURE_TOLERANCE", "TDigest", "build_digest", "cdf_error_bound", "check_unit_structure", "merge_digests"]
+__all__ = ["EDGE_MARGIN", "STRUCTURE_TOLERANCE", "TDigest", "build_digest", "cdf_error_bound", "check_unit_structure", "first_structure_violation", "merge_digests"]
 
 #: Safety margin (in normalised weight) subtracted from the greedy right-edge bound; see the module docstring.
 EDGE_MARGIN = 2.0**-45
@@ -193,32 +193,53 @@ def check_unit_structure(counts: np.ndarray, delta: float) -> str | None:
         None for a valid δ-digest structure, else which cluster breaks the rule and how (too heavy: the
         sin(π/δ) error bound fails; too light: more clusters than the construction makes).
     """
+    c = np.asarray(counts, dtype=np.int64)
+    found = first_structure_violation(c, np.array([0, c.size]), delta)
+    return None if found is None else found[1]
+
+
+def first_structure_violation(counts: np.ndarray, offsets: np.ndarray, delta: float) -> tuple[int, str] | None:
+    """:func:`check_unit_structure` for many digests at once (digest ``i`` is ``counts[offsets[i]:offsets[i + 1]]``,
+    each non-empty), vectorised over all clusters; returns ``(i, reason)`` for the first digest that fails."""
     delta = check_delta(delta)
     c = np.asarray(counts, dtype=np.int64)
-    n = int(c.sum())
-    cum = np.cumsum(c)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    sizes = np.diff(offsets)
+    if not c.size:
+        return None
+    atom = np.repeat(np.arange(sizes.size), sizes)
+    cum_all = np.cumsum(c)
+    before = np.concatenate([[0], cum_all])[offsets[:-1]]  # points in earlier digests
+    cum = cum_all - before[atom]
     left = cum - c
+    n = (np.add.reduceat(c, offsets[:-1]) if sizes.size else np.zeros(0, np.int64))[atom]
     theta = 2.0 * math.pi / delta
     if theta >= math.pi:
-        return None if c.size == 1 else f"{c.size} clusters, but at δ = {delta:g} <= 2 the digest has one cluster"
+        multi = np.flatnonzero(sizes > 1)
+        if not multi.size:
+            return None
+        i = int(multi[0])
+        return i, f"{int(sizes[i])} clusters, but at δ = {delta:g} <= 2 the digest has one cluster"
     cos_t, sin_t = math.cos(theta), math.sin(theta)
     sin2_half = math.sin(theta / 2.0) ** 2
     tol = STRUCTURE_TOLERANCE
-    q = left.astype(np.float64) / float(n)
+    nf = n.astype(np.float64)
+    q = left.astype(np.float64) / nf
     bound = q * cos_t + sin2_half + np.sqrt(np.maximum(q * (1.0 - q), 0.0)) * sin_t - EDGE_MARGIN
-    lo = np.minimum(n, np.maximum(left + 1, np.floor((bound - tol) * n).astype(np.int64)))
-    hi = np.minimum(n, np.maximum(left + 1, np.floor((bound + tol) * n).astype(np.int64)))
+    lo = np.minimum(n, np.maximum(left + 1, np.floor((bound - tol) * nf).astype(np.int64)))
+    hi = np.minimum(n, np.maximum(left + 1, np.floor((bound + tol) * nf).astype(np.int64)))
     tail = 2.0 * q - 1.0
     lo = np.where(tail >= cos_t + tol, n, lo)  # past the last angle the cluster takes every remaining point
     hi = np.where(tail >= cos_t - tol, n, hi)
     bad = np.flatnonzero((cum < lo) | (cum > hi))
     if not bad.size:
         return None
-    j = int(bad[0])
-    kind = "more points than the arcsine rule allows" if cum[j] > hi[j] else "fewer points than the greedy construction takes"
-    return (
-        f"cluster {j} of {c.size} (points {int(left[j]) + 1}..{int(cum[j])} of {n}) holds {kind} at δ = {delta:g} "
-        f"(it must end at point {int(lo[j])}" + (f"..{int(hi[j])})" if hi[j] != lo[j] else ")")
+    k = int(bad[0])
+    i, j = int(atom[k]), k - int(offsets[atom[k]])
+    kind = "more points than the arcsine rule allows" if cum[k] > hi[k] else "fewer points than the greedy construction takes"
+    return i, (
+        f"cluster {j} of {int(sizes[i])} (points {int(left[k]) + 1}..{int(cum[k])} of {int(n[k])}) holds {kind} at "
+        f"δ = {delta:g} (it must end at point {int(lo[k])}" + (f"..{int(hi[k])})" if hi[k] != lo[k] else ")")
     )
 
 
