@@ -257,8 +257,7 @@ def test_inconsistent_encodings_are_excluded_with_reasons_and_the_rest_fit_as_al
     atoms[1, 0] += 1  # counts do not add up to the atom's points
     payloads["c0"]["digest250/atoms"] = atoms
     atoms = _atoms(payloads["c1"])
-    single = int(np.flatnonzero(atoms[4] == 0)[0]) if np.any(atoms[4] == 0) else 0
-    atoms[4, single] = 0
+    single = int(np.flatnonzero(atoms[4] == 0)[0])  # an atom whose clusters are all single points
     atoms[1, single] = atoms[2, single] + 1  # an all-singleton atom (no count bits) claiming more points than values
     payloads["c1"]["digest250/atoms"] = atoms
     payloads["c2"]["digest250/data"] = np.concatenate([payloads["c2"]["digest250/data"], [0]]).astype(np.uint8)
