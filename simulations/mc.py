@@ -200,7 +200,8 @@ def run_monte_carlo(
                 thr = np.asarray(fn(draw, groups, alpha, pi_vec, rng), dtype=float)
             t_fit = time.perf_counter() - t0
             _record(runs.setdefault(name, {}), metrics_mod, draw, thr, membership, eval_parts, eval_pi,
-                    nbytes=float("nan"), client_s=float("nan"), fit_s=t_fit, predict_s=float("nan"))
+                    nbytes=float("nan"), raw_nbytes=float("nan"), client_s=float("nan"), fit_s=t_fit,
+                    predict_s=float("nan"))
         if r == mc - 1 and keep_last:
             last_draw = draw
     return MCResult(method_names, group_names, float(alpha), runs, last_cals, last_draw, excluded)
@@ -242,7 +243,8 @@ def groupwise_random_thresholds(draw: Draw, groups, alpha, pi_vec, rng: np.rando
     return q[pick]
 
 
-def _record(rec: dict, metrics_mod, draw, thr, membership, eval_parts, eval_pi, *, nbytes, client_s, fit_s, predict_s) -> None:
+def _record(rec: dict, metrics_mod, draw, thr, membership, eval_parts, eval_pi, *, nbytes, raw_nbytes, client_s, fit_s,
+            predict_s) -> None:
     """Evaluate the sets ``score <= thr`` on each client's test points, aggregate with π, append to ``rec``."""
     mask = draw.test_score_matrix <= thr[:, None]
     counts = {
@@ -256,6 +258,7 @@ def _record(rec: dict, metrics_mod, draw, thr, membership, eval_parts, eval_pi, 
         ("group_coverage", np.asarray(agg["group_coverage"], dtype=float)),
         ("group_set_size", np.asarray(agg["group_set_size"], dtype=float)),
         ("bytes_per_client", nbytes),
+        ("raw_bytes_per_client", raw_nbytes),
         ("client_time_s", client_s),
         ("fit_time_s", fit_s),
         ("predict_time_s", predict_s),
@@ -279,7 +282,7 @@ def _run_method(calibrators_mod, metrics_mod, name, cal, draw, present, client_i
     single = {name: cal}
     t0 = time.perf_counter()
     payloads = {}
-    nbytes = []
+    nbytes, raw = [], []
     for k in present:
         idx = client_idx[k]
         p = calibrators_mod.client_payload(
@@ -287,6 +290,7 @@ def _run_method(calibrators_mod, metrics_mod, name, cal, draw, present, client_i
         )
         payloads[client_ids[k]] = p
         nbytes.append(payload_nbytes(p))
+        raw.append(8 * len(idx))  # the client's float64 scores alone
     t_client = time.perf_counter() - t0
     t0 = time.perf_counter()
     report = calibrators_mod.fit_all(single, payloads, pi=pi_map)
@@ -301,7 +305,7 @@ def _run_method(calibrators_mod, metrics_mod, name, cal, draw, present, client_i
     t_pred = time.perf_counter() - t0  # per-point thresholds; the comparison in _record is microseconds
     rec = runs.setdefault(name, {})
     _record(rec, metrics_mod, draw, thr, membership, eval_parts, eval_pi,
-            nbytes=float(np.mean(nbytes)) if nbytes else 0.0, client_s=t_client / max(len(present), 1),
+            nbytes=float(np.mean(nbytes)) if nbytes else 0.0, raw_nbytes=float(np.mean(raw)) if raw else 0.0, client_s=t_client / max(len(present), 1),
             fit_s=t_fit, predict_s=t_pred)
     rec["_fitted"] = fitted
     return rec
@@ -356,6 +360,7 @@ def summarize_runs(result: MCResult) -> dict:
             "marginal_set_size": float(ms),
             "group_mean_threshold": [float(v) for v in gt],
             "bytes_per_client": float(np.mean(rec["bytes_per_client"])),
+            "raw_bytes_per_client": float(np.mean(rec["raw_bytes_per_client"])),
             "client_time_s": float(np.mean(rec["client_time_s"])),
             "fit_time_s": float(np.mean(rec["fit_time_s"])),
             "predict_time_s": float(np.mean(rec["predict_time_s"])),

@@ -133,6 +133,7 @@ def delta_table(summary: Mapping[str, Mapping], group_names: Sequence[str], alph
     header = ["δ", "π/δ correction", "Min group coverage", "Marginal coverage"] + list(group_names) + [
         "Set size",
         "Bytes / client",
+        "Raw scores / client",
         "Client summarize (ms)",
         "Server fit (ms)",
     ]
@@ -157,6 +158,7 @@ def delta_table(summary: Mapping[str, Mapping], group_names: Sequence[str], alph
         cells += [
             _fmt(row["marginal_set_size"], 3),
             f"{row['bytes_per_client']:,.0f}",
+            f"{row.get('raw_bytes_per_client', float('nan')):,.0f}",
             _fmt(1e3 * row["client_time_s"], 2),
             _fmt(1e3 * row["fit_time_s"], 2),
         ]

@@ -512,8 +512,9 @@ def exp_delta_ablation(args, command: str) -> dict:
     bound = "; ".join(f"δ={d:g}: π/δ = {math.pi / d:.4f}" for d in deltas)
     md = [f"# delta-ablation ({ds['title']})\n", f"α = {alpha}, {args.mc} splits. Command: `{command}`\n",
           f"Sketch error bound of Lemma 5.1 ({bound}). Bytes per client = the client's payload arrays "
-          "(`client_payload` for that method alone); times are per client (summarize) and per calibration "
-          "(server fit_all), averaged over splits.\n", conservative_note(deltas, alpha), table]
+          "as sent (`client_payload` for that method alone, the arrays' nbytes; encoding in `docs/wire_format.md`); "
+          "raw scores = the client's float64 calibration scores alone (8 n_k bytes); times are per client "
+          "(summarize) and per calibration (server fit_all), averaged over splits.\n", conservative_note(deltas, alpha), table]
     (out / f"{stem}.md").write_text("\n".join(md))
     report.plot_delta_ablation(summary, group_names, alpha, out / f"{stem}.png",
                                title=f"δ ablation, {ds['title']}, α = {alpha}, {args.mc} splits")

@@ -128,14 +128,20 @@ def test_malformed_payloads_are_excluded_and_pi_renormalised():
     clients = synthetic_clients(rng)
     cals = make_calibrators(["gcfcp"], GROUPS, 0.1, deltas=[250])
     payloads = {f"c{k}": client_payload(cals, s, p, pi_k=0.2, n_clients=5) for k, (s, p, _) in enumerate(clients)}
-    payloads["c1"]["digest250/weights"] = payloads["c1"]["digest250/weights"] * 3  # inconsistent with λ_k
-    payloads["c2"]["digest250/atom_keys"] = payloads["c2"]["digest250/atom_keys"] + 1000  # unknown atoms
-    payloads["c3"]["digest250/means"] = np.full_like(payloads["c3"]["digest250/means"], np.nan)
-    del payloads["c4"]["digest250/counts"]
+    atoms = payloads["c1"]["digest250/atoms"].astype(np.int64)
+    atoms[1, 0] += 1  # the atom claims one point more than its cluster counts hold
+    payloads["c1"]["digest250/atoms"] = atoms
+    atoms = payloads["c2"]["digest250/atoms"].astype(np.int64)
+    atoms[0] += 1000  # unknown atoms
+    payloads["c2"]["digest250/atoms"] = atoms
+    data = payloads["c3"]["digest250/data"].copy()
+    data[:8] = np.frombuffer(np.array([np.nan]).tobytes(), np.uint8)  # the first atom's first mean
+    payloads["c3"]["digest250/data"] = data
+    del payloads["c4"]["digest250/data"]
     report = fit_all(cals, payloads, pi={f"c{k}": 0.2 for k in range(5)})
     assert report.used == ["c0"]
     assert set(report.excluded) == {"c1", "c2", "c3", "c4"}
-    assert "lam" in report.excluded["c1"] or "inconsistent" in report.excluded["c1"]
+    assert "counts sum to" in report.excluded["c1"]
     assert "unknown atom" in report.excluded["c2"]
     assert "NaN" in report.excluded["c3"]
     assert "missing" in report.excluded["c4"]

@@ -226,12 +226,17 @@ def test_labels_and_probs_are_required_and_malformed_blocks_exclude_the_client()
     with pytest.raises(ValueError, match="needs the probability rows"):
         client_payload(make_calibrators(["avg_size:2"], GROUPS, 0.1), np.zeros(3), None, labels=[0, 1, 2])
     payloads = _round(cals, clients)
-    payloads["c1"]["ccclass250/proper/weights"] = payloads["c1"]["ccclass250/proper/weights"] * 2
-    payloads["c2"]["svprobs250/means"] = np.full_like(payloads["c2"]["svprobs250/means"], np.nan)
-    del payloads["c3"]["ccclass250/proper/offsets"]
+    atoms = payloads["c1"]["ccclass250/atoms"].astype(np.int64)
+    atoms[1] *= 2  # each class claims twice the points its cluster counts hold
+    payloads["c1"]["ccclass250/atoms"] = atoms
+    data = payloads["c2"]["svprobs250/data"].copy()
+    data[:8] = np.frombuffer(np.array([np.nan]).tobytes(), np.uint8)  # the digest's first mean
+    payloads["c2"]["svprobs250/data"] = data
+    del payloads["c3"]["ccclass250/atoms"]
     report = fit_all(cals, payloads)
     assert set(report.excluded) == {"c1", "c2", "c3"} and report.used == ["c0", "c4"]
-    assert "weights sum" in report.excluded["c1"] and "NaN" in report.excluded["c2"] and "offsets" in report.excluded["c3"]
+    assert "counts sum to" in report.excluded["c1"] and "NaN" in report.excluded["c2"]
+    assert "missing field 'atoms'" in report.excluded["c3"]
     with pytest.raises(PayloadError, match="set_mask_from_arrays"):
         thresholds_from_arrays(predictor_arrays(report.calibrators["classwise"]), p, GROUPS)
 

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 def _corrupt_payload(reply: Message) -> Message:
-    """Replace the digest weights of the reply's payload with NaNs (a malformed payload)."""
+    """Replace a digest's encoded data in the reply's payload with NaNs (a malformed payload)."""
     rec = reply.content.array_records[PAYLOAD_KEY]
-    key = next(k for k in rec.keys() if k.endswith("/weights"))
+    key = next(k for k in rec.keys() if k.endswith("/data"))
     bad = rec[key].numpy().astype(np.float64)
     bad[:] = np.nan
     rec[key] = Array(bad)

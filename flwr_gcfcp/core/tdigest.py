@@ -52,12 +52,17 @@ import numpy as np
 
 from .validation import check_delta, check_scores
 
-__all__ = ["EDGE_MARGIN", "TDigest", "build_digest", "cdf_error_bound", "merge_digests"]
+__all__ = ["EDGE_MARGIN", "STRUCTURE_TOLERANCE", "TDigest", "build_digest", "cdf_error_bound", "check_unit_structure", "first_structure_violation", "merge_digests"]
 
 #: Safety margin (in normalised weight) subtracted from the greedy right-edge bound; see the module docstring.
 EDGE_MARGIN = 2.0**-45
 
 _INT64_MAX = np.iinfo(np.int64).max
+
+#: Slack (in normalised weight) with which :func:`check_unit_structure` compares cluster edges with the greedy
+#: bound: far above the float error of the bound (a few ulps, also across libm implementations), far below one
+#: point (1/n) for any n up to 10**9.
+STRUCTURE_TOLERANCE = 2.0**-40
 
 
 def _show(value: object, limit: int = 80) -> str:
@@ -165,6 +170,77 @@ def _cluster_ends(cumf: np.ndarray, total: float, delta: float) -> np.ndarray:
         ends.append(end)
         start = end + 1
     return np.asarray(ends, dtype=np.int64)
+
+
+def check_unit_structure(counts: np.ndarray, delta: float) -> str | None:
+    """Check that cluster sizes are those the greedy construction gives for unit weights at ``delta``.
+
+    With unit weights the cumulative weights are ``1..n``, so the clusters :func:`build_digest` forms depend only
+    on ``n = sum(counts)`` and ``δ``: cluster ``j`` starting at cumulative count ``C`` ends at
+    ``min(n, max(C + 1, floor(n · bound(C/n))))`` (every remaining point once ``2C/n - 1 >= cos(2π/δ)``). This
+    checks each cluster against that rule, allowing either outcome where the float bound lies within
+    :data:`STRUCTURE_TOLERANCE` of an integer, so a digest built by this module on another platform passes.
+
+    Parameters
+    ----------
+    counts : (m,) positive integers
+        Points per cluster in cluster order (their sum ``n`` must fit in int64).
+    delta : float
+
+    Returns
+    -------
+    str or None
+        None for a valid δ-digest structure, else which cluster breaks the rule and how (too heavy: the
+        sin(π/δ) error bound fails; too light: more clusters than the construction makes).
+    """
+    c = np.asarray(counts, dtype=np.int64)
+    found = first_structure_violation(c, np.array([0, c.size]), delta)
+    return None if found is None else found[1]
+
+
+def first_structure_violation(counts: np.ndarray, offsets: np.ndarray, delta: float) -> tuple[int, str] | None:
+    """:func:`check_unit_structure` for many digests at once (digest ``i`` is ``counts[offsets[i]:offsets[i + 1]]``,
+    each non-empty), vectorised over all clusters; returns ``(i, reason)`` for the first digest that fails."""
+    delta = check_delta(delta)
+    c = np.asarray(counts, dtype=np.int64)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    sizes = np.diff(offsets)
+    if not c.size:
+        return None
+    atom = np.repeat(np.arange(sizes.size), sizes)
+    cum_all = np.cumsum(c)
+    before = np.concatenate([[0], cum_all])[offsets[:-1]]  # points in earlier digests
+    cum = cum_all - before[atom]
+    left = cum - c
+    n = (np.add.reduceat(c, offsets[:-1]) if sizes.size else np.zeros(0, np.int64))[atom]
+    theta = 2.0 * math.pi / delta
+    if theta >= math.pi:
+        multi = np.flatnonzero(sizes > 1)
+        if not multi.size:
+            return None
+        i = int(multi[0])
+        return i, f"{int(sizes[i])} clusters, but at δ = {delta:g} <= 2 the digest has one cluster"
+    cos_t, sin_t = math.cos(theta), math.sin(theta)
+    sin2_half = math.sin(theta / 2.0) ** 2
+    tol = STRUCTURE_TOLERANCE
+    nf = n.astype(np.float64)
+    q = left.astype(np.float64) / nf
+    bound = q * cos_t + sin2_half + np.sqrt(np.maximum(q * (1.0 - q), 0.0)) * sin_t - EDGE_MARGIN
+    lo = np.minimum(n, np.maximum(left + 1, np.floor((bound - tol) * nf).astype(np.int64)))
+    hi = np.minimum(n, np.maximum(left + 1, np.floor((bound + tol) * nf).astype(np.int64)))
+    tail = 2.0 * q - 1.0
+    lo = np.where(tail >= cos_t + tol, n, lo)  # past the last angle the cluster takes every remaining point
+    hi = np.where(tail >= cos_t - tol, n, hi)
+    bad = np.flatnonzero((cum < lo) | (cum > hi))
+    if not bad.size:
+        return None
+    k = int(bad[0])
+    i, j = int(atom[k]), k - int(offsets[atom[k]])
+    kind = "more points than the arcsine rule allows" if cum[k] > hi[k] else "fewer points than the greedy construction takes"
+    return i, (
+        f"cluster {j} of {int(sizes[i])} (points {int(left[k]) + 1}..{int(cum[k])} of {int(n[k])}) holds {kind} at "
+        f"δ = {delta:g} (it must end at point {int(lo[k])}" + (f"..{int(hi[k])})" if hi[k] != lo[k] else ")")
+    )
 
 
 def _compress(values: np.ndarray, weights: np.ndarray, delta: float, unit: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -89,12 +89,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.summaries import PayloadError
+from ..core.encoding import as_small_uint
+from ..core.summaries import DEFAULT_LIMITS, PayloadError, PayloadLimits, decode_digest_blocks, encode_digest_blocks
 from ..core.validation import check_delta, check_scores
 from .arrays import RULE_ATOMS, RULE_LABELS, RULE_SETVALUED, predictor_dict
 from .base import Calibrator
 from .classcond import FederatedClassConditionalCP
-from .setvalued import FRAMEWORKS, SetValuedClassifier, _fbeta_root, _check_k, _check_k_bar
+from .setvalued import _NLL_CLIP, _NLL_SCALE, FRAMEWORKS, SetValuedClassifier, _fbeta_root, _check_k, _check_k_bar
 
 __all__ = [
     "ClassConditionalCalibrator",
@@ -301,24 +302,62 @@ def make_extra_calibrator(
 
 # ------------------------------------------------------------------------------------------------ payloads
 class _DictSummary(dict):
-    """A validated client block (a dict of arrays) with its point count ``n`` (checked equal across blocks)."""
+    """A validated client block in the fit's dict format, with its point count ``n`` (checked equal across
+    blocks) and ``size``, the number of values (clusters, sums) a fit processes."""
 
     n: int
+    size: int
 
 
-def _block_n(block: Mapping[str, np.ndarray]) -> int:
-    if "n" not in block:
-        raise PayloadError("missing field 'n'")
-    arr = np.asarray(block["n"])
-    if arr.shape != (1,) or arr.dtype.kind not in "iu" or int(arr[0]) < 0:
-        raise PayloadError(f"field 'n' must be one integer >= 0, got {arr!r}")
-    return int(arr[0])
+def _block_head(block: Mapping[str, np.ndarray], size: int, limits: PayloadLimits) -> list[int]:
+    """The block's ``head`` (n first, then the label count where there is one), validated."""
+    if "head" not in block:
+        raise PayloadError("missing field 'head'")
+    arr = np.asarray(block["head"])
+    if arr.shape != (size,) or arr.dtype.kind not in "iu" or int(arr.min()) < 0:
+        raise PayloadError(f"field 'head' must hold {size} integers >= 0, got {arr!r}")
+    head = [int(x) for x in arr.tolist()]
+    if head[0] > limits.max_points:
+        raise PayloadError(f"n = {head[0]} calibration points exceeds PayloadLimits.max_points = {limits.max_points}")
+    return head
 
 
-def _wrap(block: Mapping[str, np.ndarray], n: int) -> _DictSummary:
+def _wrap(block: Mapping[str, np.ndarray], n: int, size: int = 0) -> _DictSummary:
     out = _DictSummary({k: np.asarray(v) for k, v in block.items()})
     out.n = n
+    out.size = size
     return out
+
+
+def _encode_digests(out: Mapping[str, np.ndarray], parts: Sequence[str], n_classes: int | None) -> dict[str, np.ndarray]:
+    """One :func:`~flwr_gcfcp.core.summaries.encode_digest_blocks` block for per-class digests of several parts
+    (``<part>/offsets, means, weights``; atom key ``part index · L + class``) or for one digest (``means,
+    weights``; ``n_classes`` None, atom key 0)."""
+    keys, means, counts = [], [], []
+    for i, part in enumerate(parts):
+        pre = f"{part}/" if part else ""
+        m, w = np.asarray(out[f"{pre}means"], dtype=np.float64), np.asarray(out[f"{pre}weights"], dtype=np.int64)
+        offsets = np.asarray(out[f"{pre}offsets"]) if n_classes is not None else np.array([0, m.size])
+        for c in range(offsets.size - 1):
+            a, b = int(offsets[c]), int(offsets[c + 1])
+            if b > a:
+                keys.append(i * (n_classes or 1) + c)
+                means.append(m[a:b])
+                counts.append(w[a:b])
+    return encode_digest_blocks(keys, means, counts)
+
+
+def _decode_digests(block, parts: Sequence[str], delta: float, n_classes: int, limits: PayloadLimits):
+    """Inverse of :func:`_encode_digests`: per part ``(offsets (L + 1,), means, int64 weights)``, and the points."""
+    keys, points, offsets, means, counts = decode_digest_blocks(block, delta, len(parts) * n_classes, limits)
+    out = {}
+    for i, part in enumerate(parts):
+        idx = np.flatnonzero(keys // n_classes == i)  # keys are sorted, so a part's clusters are contiguous
+        per_class = np.zeros(n_classes, dtype=np.int64)
+        per_class[keys[idx] % n_classes] = np.diff(offsets)[idx]
+        lo, hi = (int(offsets[idx[0]]), int(offsets[idx[-1] + 1])) if idx.size else (0, 0)
+        out[part] = (np.concatenate([[0], np.cumsum(per_class)]).astype(np.int64), means[lo:hi], counts[lo:hi])
+    return out, sum(points.tolist())
 
 
 def _need(method: str, labels: object, probs: object, what: str) -> None:
@@ -397,28 +436,25 @@ class ClassConditionalCalibrator(Calibrator):
         model = self._new_model(L)
         gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(self.random_state if rng is None else rng)
         out = model.summarize(s, np.asarray(labels, dtype=np.int64).reshape(-1), rng=gen)
-        out["n"] = np.array([s.size], dtype=np.int64)
-        return _wrap(out, s.size)
+        parts = ("clust", "proper") if self.method == "clustered" else ("proper",)
+        return _wrap({"head": as_small_uint([s.size, L]), **_encode_digests(out, parts, L)}, s.size)
 
     # ---- server
-    def parse_summary(self, block: Mapping[str, np.ndarray]) -> _DictSummary:
-        n = _block_n(block)
-        nc = np.asarray(block.get("n_classes", [-1])).reshape(-1)
-        if nc.size != 1 or np.asarray(nc).dtype.kind not in "iu" or int(nc[0]) < 2:
-            raise PayloadError(f"field 'n_classes' must be one integer >= 2, got {block.get('n_classes')!r}")
-        L = int(nc[0])
+    def parse_summary(self, block: Mapping[str, np.ndarray], limits: PayloadLimits = DEFAULT_LIMITS) -> _DictSummary:
+        """Validate and decode a client block into the dict :meth:`FederatedClassConditionalCP.fit` reads."""
+        n, L = _block_head(block, 2, limits)
+        if not 2 <= L <= limits.max_client_values:
+            raise PayloadError(f"the class count in 'head' must be an integer >= 2, got {L}")
         if self.n_classes is not None and L != self.n_classes:
-            raise PayloadError(f"field 'n_classes' is {L}, expected {self.n_classes}")
-        model = self._new_model(L)
+            raise PayloadError(f"the class count in 'head' is {L}, expected {self.n_classes}")
         parts = ("clust", "proper") if self.method == "clustered" else ("proper",)
-        try:
-            model._check_payload(0, block, parts)
-        except ValueError as err:
-            raise PayloadError(str(err).replace("summaries[0]", "payload")) from None
-        total = sum(int(np.asarray(block[f"{p}/weights"]).sum()) for p in parts)
+        decoded, total = _decode_digests(block, parts, self.delta, L, limits)
         if total != n:
-            raise PayloadError(f"digest weights sum to {total}, but the client reports n = {n} calibration points")
-        return _wrap(block, n)
+            raise PayloadError(f"digest counts sum to {total}, but the client reports n = {n} calibration points")
+        out: dict[str, np.ndarray] = {"n_classes": np.array([L], dtype=np.int64), "n": np.array([n], dtype=np.int64)}
+        for part, (offsets, means, weights) in decoded.items():
+            out.update({f"{part}/offsets": offsets, f"{part}/means": means, f"{part}/weights": weights})
+        return _wrap(out, n, sum(m.size for _, m, _ in decoded.values()))
 
     def _fit(self, summaries, pi) -> None:
         L = int(np.asarray(summaries[0]["n_classes"]).reshape(-1)[0])
@@ -519,49 +555,57 @@ class SetValuedCalibrator(Calibrator):
             raise ValueError(f"{self.name}: probs have {p.shape[1]} columns, expected n_classes={self.n_classes}")
         n = int(p.shape[0])
         if self.summary_kind == "svnone":
-            return _wrap({"n": np.array([n], dtype=np.int64)}, n)
+            return _wrap({"head": as_small_uint([n])}, n)
         fw = "average_size" if self.framework == "f_beta" else self.framework  # f_beta: one round, digest of all p̂
         helper = self.model if fw == self.framework else SetValuedClassifier(fw, k_bar=1.0, delta=self.model.delta)
         if fw in ("pointwise_error", "average_error"):
             _need(self.name, labels, probs, "labels")
         if n == 0:
-            out = {"n": np.array([0], dtype=np.int64), "n_labels": np.array([p.shape[1] if p.ndim == 2 else 0], dtype=np.int64)}
+            out = {"n_labels": np.array([p.shape[1] if p.ndim == 2 else 0], dtype=np.int64)}
             if fw == "pointwise_error":
                 out["nll"] = np.zeros(self.model.temperatures.size, dtype=np.int64)
             else:
                 out.update(means=np.empty(0), weights=np.empty(0, dtype=np.int64))
-            return _wrap(out, 0)
-        out = helper.summarize(p, None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1))
-        return _wrap(out, n)
+        else:
+            out = helper.summarize(p, None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1))
+        enc = {"head": as_small_uint([n, int(np.asarray(out["n_labels"]).reshape(-1)[0])])}
+        if fw == "pointwise_error":
+            enc["nll"] = as_small_uint(out["nll"])
+        else:
+            enc.update(_encode_digests(out, ("",), None))
+        return _wrap(enc, n)
 
     # ---- server
-    def parse_summary(self, block: Mapping[str, np.ndarray]) -> _DictSummary:
-        n = _block_n(block)
+    def parse_summary(self, block: Mapping[str, np.ndarray], limits: PayloadLimits = DEFAULT_LIMITS) -> _DictSummary:
+        """Validate and decode a client block into the dict :meth:`SetValuedClassifier.fit_federated` reads."""
         if self.summary_kind == "svnone":
-            return _wrap(block, n)
-        nl = np.asarray(block.get("n_labels", [-1])).reshape(-1)
-        if nl.size != 1 or nl.dtype.kind not in "iu" or (n > 0 and int(nl[0]) < 2):
-            raise PayloadError(f"field 'n_labels' must be one integer >= 2, got {block.get('n_labels')!r}")
-        if self.n_classes is not None and n > 0 and int(nl[0]) != self.n_classes:
-            raise PayloadError(f"field 'n_labels' is {int(nl[0])}, expected {self.n_classes}")
+            n = _block_head(block, 1, limits)[0]
+            return _wrap({"n": np.array([n], dtype=np.int64)}, n)
+        n, n_labels = _block_head(block, 2, limits)
+        if n > 0 and not 2 <= n_labels <= limits.max_client_values:
+            raise PayloadError(f"the label count in 'head' must be an integer >= 2, got {n_labels}")
+        if self.n_classes is not None and n > 0 and n_labels != self.n_classes:
+            raise PayloadError(f"the label count in 'head' is {n_labels}, expected {self.n_classes}")
+        out: dict[str, np.ndarray] = {"n": np.array([n], dtype=np.int64), "n_labels": np.array([n_labels], dtype=np.int64)}
         if self.summary_kind == "svnll":
             nll = np.asarray(block.get("nll", []))
             if nll.shape != self.model.temperatures.shape or nll.dtype.kind not in "iu" or (nll < 0).any():
                 raise PayloadError(f"field 'nll' must be {self.model.temperatures.size} integers >= 0 (one per temperature)")
-            return _wrap(block, n)
-        for key in ("means", "weights"):
-            if key not in block:
-                raise PayloadError(f"missing field {key!r}")
-        m, w = np.asarray(block["means"]), np.asarray(block["weights"])
-        if m.ndim != 1 or m.shape != w.shape or m.dtype.kind not in "fiu" or w.dtype.kind not in "iu":
-            raise PayloadError("fields 'means' (float) and 'weights' (int) must be 1-D arrays of equal length")
-        if not np.all(np.isfinite(m.astype(np.float64))) or (w <= 0).any():
-            raise PayloadError("field 'means' holds NaN/inf values or 'weights' non-positive counts")
+            cap = n * round(_NLL_CLIP * _NLL_SCALE)  # every point's rounded NLL is at most the clip
+            if any(int(x) > cap or int(x) >= 2**63 for x in nll.tolist()):
+                raise PayloadError(f"field 'nll' holds sums above n · {_NLL_CLIP:g} nats (the per-point clip)")
+            out["nll"] = nll.astype(np.int64)
+            return _wrap(out, n, int(nll.size))
         per_point = {"average_size": None, "f_beta": None, "hybrid_size": self.model.k, "average_error": 1}[self.framework]
-        expected = n * (int(nl[0]) if per_point is None else per_point)
-        if int(w.sum()) != expected:
-            raise PayloadError(f"digest weights sum to {int(w.sum())}, expected {expected} for n = {n} points")
-        return _wrap(block, n)
+        expected = n * (n_labels if per_point is None else per_point)
+        if expected > limits.max_points:
+            raise PayloadError(f"{expected} digest points exceed PayloadLimits.max_points = {limits.max_points}")
+        decoded, points = _decode_digests(block, ("",), self.model.delta, 1, limits)
+        _, means, weights = decoded[""]
+        if points != expected:
+            raise PayloadError(f"digest counts sum to {points}, expected {expected} for n = {n} points")
+        out.update(means=means, weights=weights)
+        return _wrap(out, n, int(means.size))
 
     def _fit(self, summaries, pi) -> None:
         model = SetValuedClassifier(self.framework, **self.kwargs)

@@ -56,15 +56,6 @@ def _union(digests: Sequence[TDigest]) -> TDigest:
 _PI_UPPER = Fraction(314159265358979324, 10**17)  # > π
 
 
-def _lam(pi_k: float | None, n_clients: int | None, n: int) -> float:
-    """λ_k = π_k / (n_k + 1) as sent by a client (π_k defaults to 1/K, or 1 when K is unknown)."""
-    if pi_k is None:
-        pi_k = 1.0 / n_clients if n_clients else 1.0
-    if not pi_k > 0:
-        raise ValueError(f"pi_k must be > 0, got {pi_k!r}")
-    return float(pi_k) / (n + 1)
-
-
 class Calibrator:
     """Base class. Subclasses set ``summary_kind`` and implement ``summarize`` and ``_fit``."""
 

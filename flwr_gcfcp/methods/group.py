@@ -14,7 +14,7 @@ from ..core.solver import AtomSolver
 from ..core.summaries import DigestSummary, RawSummary, summarize_digests
 from ..core.tdigest import TDigest, merge_digests
 from ..core.validation import InsufficientDataWarning, check_delta, check_scores
-from .base import _PI_UPPER, Calibrator, _client_integer_weights, _lam, _repeat_weights, _union
+from .base import _PI_UPPER, Calibrator, _client_integer_weights, _repeat_weights, _union
 
 __all__ = ["CentralizedGCFCP", "CondCP", "DegenerateAtomsWarning", "GCFCP", "MondrianCP"]
 
@@ -159,7 +159,7 @@ class GCFCP(_RegressionCalibrator):
 
     def summarize(self, scores, features=None, pi_k=None, n_clients=None) -> DigestSummary:
         s = check_scores(scores, allow_empty=True)
-        return summarize_digests(s, self.atom_keys(features, s.size), self.delta, _lam(pi_k, n_clients, s.size))
+        return summarize_digests(s, self.atom_keys(features, s.size), self.delta)
 
     def _fit(self, summaries, pi) -> None:
         lam_ints, test_w = _client_integer_weights([s.n for s in summaries], pi)

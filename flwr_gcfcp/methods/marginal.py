@@ -11,7 +11,7 @@ from ..core.quantiles import fedcp_qq_client_ranks, fedcp_qq_threshold, split_co
 from ..core.summaries import DigestSummary, PayloadError, QQSummary, RawSummary, summarize_digests
 from ..core.tdigest import TDigest, merge_digests
 from ..core.validation import InsufficientDataWarning, check_delta, check_scores
-from .base import Calibrator, _client_integer_weights, _lam, _repeat_weights, _union
+from .base import Calibrator, _client_integer_weights, _repeat_weights, _union
 
 __all__ = ["FedCP", "FedCPQQ", "SplitCP"]
 
@@ -55,7 +55,7 @@ class FedCP(Calibrator):
         keys = np.zeros(s.size, dtype=np.int64)
         if self.delta is None:
             return RawSummary(scores=s, atom_keys=keys)
-        return summarize_digests(s, keys, self.delta, _lam(pi_k, n_clients, s.size))
+        return summarize_digests(s, keys, self.delta)
 
     def _fit(self, summaries, pi) -> None:
         ns = [s.n for s in summaries]

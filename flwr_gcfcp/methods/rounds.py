@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.summaries import PayloadError
+from ..core.summaries import DEFAULT_LIMITS, DigestSummary, PayloadError, PayloadLimits, allowed_atom_keys
 from ..core.validation import exact_fraction
 from .base import Calibrator
 
-__all__ = ["FitReport", "client_payload", "fit_all", "fit_in_process", "payload_bytes"]
+__all__ = ["FitReport", "PayloadLimits", "client_payload", "fit_all", "fit_in_process", "payload_bytes"]
 
 
 def client_payload(
@@ -53,7 +53,10 @@ def client_payload(
 
 
 def payload_bytes(payload: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """Bytes per summary kind in a client payload."""
+    """Bytes per summary kind in a client payload: the arrays' ``nbytes`` exactly as they are sent.
+
+    Compare with ``8 · n_k`` (the raw float64 scores alone; :attr:`FitReport.n_points` holds each n_k).
+    """
     sizes: dict[str, int] = {}
     for key, arr in payload.items():
         kind = key.split("/", 1)[0]
@@ -63,30 +66,62 @@ def payload_bytes(payload: Mapping[str, np.ndarray]) -> dict[str, int]:
 
 @dataclass
 class FitReport:
-    """Outcome of :func:`fit_all`."""
+    """Outcome of :func:`fit_all`.
+
+    ``n_points`` holds each used client's n_k (its raw float64 scores would take ``8 · n_k`` bytes).
+    """
 
     calibrators: dict[str, Calibrator]
     used: list[str]
     excluded: dict[str, str] = field(default_factory=dict)
     failed_methods: dict[str, str] = field(default_factory=dict)
     pi: dict[str, float] = field(default_factory=dict)
+    n_points: dict[str, int] = field(default_factory=dict)
 
 
-def _parse_payload(cal: Calibrator, payload: Mapping[str, np.ndarray]):
+def _parse_payload(cal: Calibrator, payload: Mapping[str, np.ndarray], limits: PayloadLimits):
     prefix = cal.summary_kind + "/"
     block = {k[len(prefix) :]: v for k, v in payload.items() if k.startswith(prefix)}
     if not block:
         raise PayloadError(f"no '{cal.summary_kind}' block (needed by {cal.name})")
     if hasattr(cal, "parse_summary"):  # adapters validate their own blocks
-        return cal.parse_summary(block)
-    max_key = 2 ** cal.groups.n_groups if cal.groups is not None else None
-    return cal.summary_type.from_arrays(block, max_key=max_key)
+        return cal.parse_summary(block, limits)
+    if cal.summary_type is DigestSummary:
+        return DigestSummary.from_arrays(block, cal.delta, allowed_atom_keys(cal.groups), limits)
+    # a raw block may be shared with grouped methods: only those check its atom keys
+    allowed = None if cal.groups is None else allowed_atom_keys(cal.groups)
+    return cal.summary_type.from_arrays(block, allowed, limits)
+
+
+def _parse_client(calibrators: Mapping[str, Calibrator], payload: Mapping[str, np.ndarray], limits: PayloadLimits,
+                  floor: int) -> dict[str, object]:
+    sent = sum(int(np.asarray(a).nbytes) for a in payload.values())
+    if sent > limits.max_client_bytes:
+        raise PayloadError(f"payload of {sent} bytes exceeds PayloadLimits.max_client_bytes = {limits.max_client_bytes}")
+    parsed = {name: _parse_payload(cal, payload, limits) for name, cal in calibrators.items()}
+    values = {cal.summary_kind: parsed[name].size for name, cal in calibrators.items()}
+    if sum(values.values()) > limits.max_client_values:
+        raise PayloadError(
+            f"payload holds {sum(values.values())} values (clusters, scores, order statistics), more than "
+            f"PayloadLimits.max_client_values = {limits.max_client_values}"
+        )
+    ns = {s.n for s in parsed.values()}
+    if len(ns) > 1:
+        raise PayloadError(f"summaries disagree on the number of calibration points: {sorted(ns)}")
+    n = ns.pop() if ns else floor
+    if n < floor:
+        raise PayloadError(
+            f"n_k = {n} calibration points is below the minimum {floor} (PayloadLimits.min_points; by default "
+            "ceil((1 - alpha)/alpha), below which one client could make thresholds +inf)"
+        )
+    return parsed
 
 
 def fit_all(
     calibrators: Mapping[str, Calibrator],
     payloads: Mapping[str, Mapping[str, np.ndarray]],
     pi: Mapping[str, float] | None = None,
+    limits: PayloadLimits | None = None,
 ) -> FitReport:
     """Server side: validate each client's payload, exclude malformed ones, renormalise π, fit every calibrator.
 
@@ -95,23 +130,29 @@ def fit_all(
     calibrators : mapping name -> Calibrator
     payloads : mapping client id -> arrays from :func:`client_payload`
     pi : mapping client id -> mixture weight, or None for uniform over the clients used
+    limits : PayloadLimits, optional
+        Bounds on each client's message and on each fit (default ``PayloadLimits()``; see its docstring).
 
     Returns
     -------
     FitReport
-        ``excluded`` names each dropped client and the reason; π is renormalised over ``used``.
+        ``excluded`` names each dropped client and the reason (malformed or inconsistent encoding, a digest that
+        is not a δ-digest, impossible atom keys, n_k outside the limits, an oversized payload); π is
+        renormalised over ``used``; a method whose fit would exceed ``limits.max_fit_values`` is in
+        ``failed_methods``.
     """
+    limits = DEFAULT_LIMITS if limits is None else limits
+    if not isinstance(limits, PayloadLimits):
+        raise ValueError(f"limits must be a PayloadLimits, got {type(limits).__name__}")
+    alphas = [getattr(cal, "nominal_alpha", cal.alpha) for cal in calibrators.values()]
+    floor = limits.points_floor(min(alphas)) if alphas else 0
     parsed: dict[str, dict[str, object]] = {}
     excluded: dict[str, str] = {}
     for cid, payload in payloads.items():
         try:
-            parsed[cid] = {name: _parse_payload(cal, payload) for name, cal in calibrators.items()}
-            ns = {getattr(s, "n", None) for s in parsed[cid].values()}
-            if len(ns) > 1:
-                raise PayloadError(f"summaries disagree on the number of calibration points: {sorted(ns)}")
+            parsed[cid] = _parse_client(calibrators, payload, limits, floor)
         except PayloadError as err:
             excluded[cid] = f"malformed payload: {err}"
-            parsed.pop(cid, None)
     used = list(parsed)
     if pi is not None:
         missing = [c for c in used if c not in pi]
@@ -122,6 +163,7 @@ def fit_all(
             raise ValueError(f"pi must be finite and >= 0, got {bad}")
     pis = None if pi is None else [pi[c] for c in used]
     report = FitReport(calibrators=dict(calibrators), used=used, excluded=excluded)
+    report.n_points = {c: next(iter(parsed[c].values())).n for c in used} if calibrators else {}
     if used:
         if pis is None:
             report.pi = {c: 1.0 / len(used) for c in used}
@@ -131,6 +173,13 @@ def fit_all(
     if not used:
         return report
     for name, cal in calibrators.items():
+        cost = sum(parsed[c][name].size for c in used)
+        if cost > limits.max_fit_values:
+            report.failed_methods[name] = (
+                f"the fit would process {cost} values (clusters, scores, order statistics) from {len(used)} clients, "
+                f"more than PayloadLimits.max_fit_values = {limits.max_fit_values}"
+            )
+            continue
         try:
             cal.fit([parsed[c][name] for c in used], pis)
         except (ValueError, PayloadError) as err:
