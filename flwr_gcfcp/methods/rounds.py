@@ -15,6 +15,7 @@ import numpy as np
 from ..core.summaries import PayloadError
 from ..core.validation import exact_fraction
 from .base import Calibrator
+from .robust import check_byzantine_clients, fit_certified, screen_clients
 
 __all__ = ["FitReport", "client_payload", "fit_all", "fit_in_process", "payload_bytes"]
 
@@ -70,6 +71,8 @@ class FitReport:
     excluded: dict[str, str] = field(default_factory=dict)
     failed_methods: dict[str, str] = field(default_factory=dict)
     pi: dict[str, float] = field(default_factory=dict)
+    #: clients left out by the robust screening (``byzantine_clients > 0``), with the reason
+    flagged: dict[str, str] = field(default_factory=dict)
 
 
 def _parse_payload(cal: Calibrator, payload: Mapping[str, np.ndarray]):
@@ -87,6 +90,7 @@ def fit_all(
     calibrators: Mapping[str, Calibrator],
     payloads: Mapping[str, Mapping[str, np.ndarray]],
     pi: Mapping[str, float] | None = None,
+    byzantine_clients: int = 0,
 ) -> FitReport:
     """Server side: validate each client's payload, exclude malformed ones, renormalise π, fit every calibrator.
 
@@ -95,12 +99,17 @@ def fit_all(
     calibrators : mapping name -> Calibrator
     payloads : mapping client id -> arrays from :func:`client_payload`
     pi : mapping client id -> mixture weight, or None for uniform over the clients used
+    byzantine_clients : int, default 0
+        Tolerate up to this many clients sending arbitrary well-formed summaries (see
+        :mod:`flwr_gcfcp.methods.robust` and ``docs/robustness.md``); must be below the number of payloads.
 
     Returns
     -------
     FitReport
-        ``excluded`` names each dropped client and the reason; π is renormalised over ``used``.
+        ``excluded`` names each dropped client and the reason, ``flagged`` each client the robust screening left
+        out; π is renormalised over ``used``.
     """
+    byzantine_clients = check_byzantine_clients(byzantine_clients, len(payloads))
     parsed: dict[str, dict[str, object]] = {}
     excluded: dict[str, str] = {}
     for cid, payload in payloads.items():
@@ -112,6 +121,9 @@ def fit_all(
         except PayloadError as err:
             excluded[cid] = f"malformed payload: {err}"
             parsed.pop(cid, None)
+    flagged = screen_clients(calibrators, parsed, byzantine_clients) if byzantine_clients else {}
+    for cid in flagged:
+        del parsed[cid]
     used = list(parsed)
     if pi is not None:
         missing = [c for c in used if c not in pi]
@@ -121,7 +133,7 @@ def fit_all(
         if bad:
             raise ValueError(f"pi must be finite and >= 0, got {bad}")
     pis = None if pi is None else [pi[c] for c in used]
-    report = FitReport(calibrators=dict(calibrators), used=used, excluded=excluded)
+    report = FitReport(calibrators=dict(calibrators), used=used, excluded=excluded, flagged=flagged)
     if used:
         if pis is None:
             report.pi = {c: 1.0 / len(used) for c in used}
@@ -132,7 +144,7 @@ def fit_all(
         return report
     for name, cal in calibrators.items():
         try:
-            cal.fit([parsed[c][name] for c in used], pis)
+            fit_certified(cal, [parsed[c][name] for c in used], pis, byzantine_clients - len(flagged))
         except (ValueError, PayloadError) as err:
             report.failed_methods[name] = str(err)
     return report
