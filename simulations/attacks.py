@@ -4,7 +4,11 @@ Usage::
 
     python -m simulations.attacks [--splits 10] [--seed 0] [--partitions label-skew,dirichlet]
                                   [--methods gcfcp,fedcp,standard,classwise,clustered] [--attacks ...]
-                                  [--defences 0,1] [--out simulations/results] [--data-dir DIR]
+                                  [--defences 0,1,1s] [--out simulations/results] [--data-dir DIR]
+
+``--defences`` lists ``byzantine_clients`` values; ``Ms`` (e.g. ``1s``) is the strict variant: ``fit_all`` with M,
+then ``fit_all`` again with M on the clients it kept, i.e. leave-M-out over the unflagged clients whatever was
+flagged (docs/robustness.md; if the second screening flags someone too, the record says so).
 
 Setting: the CIFAR-10 ResNet-56 test outputs (score ``1 - p_y``), a random 5000 / 5000 calibration / test split
 per seed, 5 clients, groups ``0-3;2-5;4-7;6-9`` by predicted label, α = 0.1, δ = 250, π uniform. Partitions:
@@ -44,7 +48,6 @@ validation); a server exception is recorded, not raised. Writes ``attacks.json``
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import shlex
@@ -203,10 +206,21 @@ def _evaluate(fitted, split: Split, groups, clients: Sequence[int]) -> dict:
     }
 
 
-def run_case(method, groups, split, payloads, m, attacker, attack) -> dict:
-    """Fit one method on the payloads with ``byzantine_clients = m`` and evaluate; exceptions are recorded."""
+def _defence(label: str) -> tuple[int, bool]:
+    """``"1"`` -> (1, False); ``"1s"`` -> (1, True) (strict variant)."""
+    text = str(label).strip()
+    strict = text.endswith("s")
+    digits = text[:-1] if strict else text
+    if not digits.isdigit():
+        raise ValueError(f"a defence is an integer byzantine_clients, optionally followed by 's' (strict), got {label!r}")
+    return int(digits), strict
+
+
+def run_case(method, groups, split, payloads, defence: str, attacker, attack) -> dict:
+    """Fit one method on the payloads under ``defence`` (see :func:`_defence`) and evaluate; exceptions are recorded."""
     from flwr_gcfcp.methods import fit_all
 
+    m, strict = _defence(defence)
     cals = _make(method, groups)
     name = next(iter(cals))
     t0 = time.perf_counter()
@@ -214,13 +228,18 @@ def run_case(method, groups, split, payloads, m, attacker, attack) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             report = fit_all(cals, payloads, byzantine_clients=m)
+            flagged = dict(report.flagged)
+            if strict and m > 0:
+                cals = _make(method, groups)
+                report = fit_all(cals, {c: payloads[c] for c in report.used}, byzantine_clients=m)
+                flagged.update({c: f"second screening: {why}" for c, why in report.flagged.items()})
     except Exception as err:  # a server crash is a finding, not the end of the suite
         return {"crash": f"{type(err).__name__}: {err}"[:300], "fit_s": time.perf_counter() - t0}
     fit_s = time.perf_counter() - t0
     out: dict[str, Any] = {
         "fit_s": fit_s,
         "excluded": dict(report.excluded),
-        "flagged": dict(report.flagged),
+        "flagged": flagged,
         "failed": dict(report.failed_methods),
     }
     if name in report.failed_methods:
@@ -273,7 +292,7 @@ def bad_eval_counts(method, groups, split, honest, attacker) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------- driver
 def run_suite(
     probs: np.ndarray, labels: np.ndarray, splits: int, seed: int, partitions: Sequence[str], methods: Sequence[str],
-    attacks: Sequence[str], defences: Sequence[int], progress: bool = True,
+    attacks: Sequence[str], defences: Sequence[str], progress: bool = True,
 ) -> dict:
     from flwr_gcfcp.core.groups import parse_groups
 
@@ -308,9 +327,9 @@ def run_suite(
                         if bad is None:
                             continue
                         payloads = dict(honest, **{str(attacker): bad})
-                    for m in defences:
-                        rec = run_case(method, groups, split, payloads, m, attacker, attack)
-                        rec.update(partition=partition, split=r, method=method, attack=attack, byzantine_clients=m,
+                    for defence in defences:
+                        rec = run_case(method, groups, split, payloads, defence, attacker, attack)
+                        rec.update(partition=partition, split=r, method=method, attack=attack, defence=defence,
                                    attacker=None if attack == "none" else str(attacker))
                         records.append(rec)
                 if progress:
@@ -322,11 +341,12 @@ def summarize(records: list[dict]) -> list[dict]:
     """Average over splits per (partition, method, attack, defence)."""
     cells: dict[tuple, list[dict]] = {}
     for rec in records:
-        cells.setdefault((rec["partition"], rec["method"], rec["attack"], rec["byzantine_clients"]), []).append(rec)
+        cells.setdefault((rec["partition"], rec["method"], rec["attack"], rec["defence"]), []).append(rec)
     rows = []
-    for (partition, method, attack, m), recs in cells.items():
-        row: dict[str, Any] = {"partition": partition, "method": method, "attack": attack, "byzantine_clients": m,
-                               "splits": len(recs)}
+    for (partition, method, attack, defence), recs in cells.items():
+        m, strict = _defence(defence)
+        row: dict[str, Any] = {"partition": partition, "method": method, "attack": attack, "defence": defence,
+                               "byzantine_clients": m, "strict": strict, "splits": len(recs)}
         ok = [r for r in recs if "benign" in r]
         for part in ("benign", "all"):
             if ok:
@@ -375,9 +395,9 @@ def _fmt(row: dict | None, key: str, digits: int = 3) -> str:
     return "fail" if v is None else f"{v:.{digits}f}"
 
 
-def markdown(result: dict, command: str, defences: Sequence[int]) -> str:
+def markdown(result: dict, command: str, defences: Sequence[str]) -> str:
     rows = result["summary"]
-    index = {(r["partition"], r["method"], r["attack"], r["byzantine_clients"]): r for r in rows}
+    index = {(r["partition"], r["method"], r["attack"], r["defence"]): r for r in rows}
     s = result["settings"]
     out = [
         "# Attack suite\n",
@@ -390,7 +410,7 @@ def markdown(result: dict, command: str, defences: Sequence[int]) -> str:
         "(of those with an attacker) in which the attacker was flagged by the robust screening (for `copy`: the "
         "attacker or its twin, one identical copy being kept) / excluded by "
         "validation; `benign out`: benign clients flagged or excluded, summed over splits (false exclusions). "
-        "`M` = `byzantine_clients`.\n",
+        "`M` = `byzantine_clients` (`Ms`: the strict variant, see docs/robustness.md).\n",
         "Validation-level attacks (coarse digest, impossible atoms, overflow counts, oversized) only record what "
         "today's `fit_all` does; `identity_claim` is Flower-round level (n/a in-process); `bad_eval_counts` is in "
         "its own table below.\n",
@@ -419,7 +439,7 @@ def markdown(result: dict, command: str, defences: Sequence[int]) -> str:
                     line += (f" {_fmt(c, 'worst_group_coverage_benign')} / {_fmt(c, 'worst_group_coverage_all')} |"
                              f" {_fmt(c, 'marginal_coverage_benign')} | {_fmt(c, 'worst_class_coverage_benign')} |"
                              f" {_fmt(c, 'mean_set_size_benign', 2)} |")
-                robust = next((c for m, c in zip(defences, cells) if m > 0 and c is not None), None)
+                robust = next((c for d, c in zip(defences, cells) if _defence(d)[0] > 0 and c is not None), None)
                 plain = cells[0]
                 n_att = "-" if attack == "none" else str((robust or plain)["splits"])
                 flagged = "-" if robust is None or attack == "none" else f"{robust['attacker_flagged']}/{n_att}"
@@ -432,7 +452,7 @@ def markdown(result: dict, command: str, defences: Sequence[int]) -> str:
         if crashes:
             out.append("\nServer exceptions (recorded, not raised):\n")
             out += [f"- {m} / {a}: `{c}`" for m, a, c in crashes]
-        fails = sorted({(r["method"], r["attack"], r["byzantine_clients"], f) for r in rows if r["partition"] == partition for f in r["failed"]})
+        fails = sorted({(r["method"], r["attack"], r["defence"], f) for r in rows if r["partition"] == partition for f in r["failed"]})
         if fails:
             out.append("\nMethods that failed to fit (reported in `failed_methods`):\n")
             out += [f"- {m} / {a} / M={mm}: {f}" for m, a, mm, f in fails]
@@ -449,9 +469,9 @@ def markdown(result: dict, command: str, defences: Sequence[int]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _headline(index: dict, s: dict, defences: Sequence[int]) -> list[str]:
+def _headline(index: dict, s: dict, defences: Sequence[str]) -> list[str]:
     """The issue's done-means figures: one poisoned client (all scores 0) and no attacker, M = 0 against M = 1."""
-    if 0 not in defences or 1 not in defences:
+    if "0" not in defences or "1" not in defences:
         return []
     out = ["\n## Headline (one attacker sending all scores 0; no attacker)\n",
            "| partition | method | attack | M=0: worst group (benign / all), size | M=1: worst group (benign / all), size "
@@ -459,7 +479,7 @@ def _headline(index: dict, s: dict, defences: Sequence[int]) -> list[str]:
     for partition in s["partitions"]:
         for method in ("gcfcp", "fedcp"):
             for attack in ("zeros", "none"):
-                r0, r1 = index.get((partition, method, attack, 0)), index.get((partition, method, attack, 1))
+                r0, r1 = index.get((partition, method, attack, "0")), index.get((partition, method, attack, "1"))
                 if r0 is None or r1 is None or "group_coverage_benign" not in r1:
                     continue
                 cells = [f"{_fmt(r, 'worst_group_coverage_benign')} / {_fmt(r, 'worst_group_coverage_all')}, "
@@ -468,6 +488,17 @@ def _headline(index: dict, s: dict, defences: Sequence[int]) -> list[str]:
                 marg = f"{_fmt(r0, 'marginal_coverage_benign')} / {_fmt(r1, 'marginal_coverage_benign')}"
                 out.append(f"| {partition} | {method} | {attack} | {cells[0]} | {cells[1]} | {groups} | {marg} |")
     return out
+
+
+def _rounded(obj: Any, digits: int = 4) -> Any:
+    """Floats rounded for the committed JSON (coverages to 1e-4 are far below the Monte Carlo error)."""
+    if isinstance(obj, float):
+        return round(obj, digits) if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v, digits) for v in obj]
+    return obj
 
 
 def _csv(text: str, name: str, allowed: Sequence[str] | None = None) -> list[str]:
@@ -488,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--partitions", default=",".join(PARTITIONS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--attacks", default=",".join(ATTACKS))
-    parser.add_argument("--defences", default="0,1", help="byzantine_clients values, comma-separated")
+    parser.add_argument("--defences", default="0,1,1s", help="byzantine_clients values, comma-separated ('1s': strict)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--quiet", action="store_true")
@@ -498,10 +529,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     partitions = _csv(args.partitions, "partitions", PARTITIONS)
     methods = _csv(args.methods, "methods")
     attacks = _csv(args.attacks, "attacks", ATTACKS)
+    defences = _csv(args.defences, "defences")
     try:
-        defences = [int(v) for v in _csv(args.defences, "defences")]
+        for d in defences:
+            _defence(d)
     except ValueError as err:
-        raise SystemExit(f"--defences must be comma-separated integers: {err}") from None
+        raise SystemExit(f"--defences: {err}") from None
     probs, labels = load_outputs(_data_file(args.data_dir, CIFAR10_LOGITS, "attacks"))
     command = "python -m simulations.attacks " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     t0 = time.perf_counter()
@@ -517,8 +550,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     from flwr_gcfcp.core.metrics import to_jsonable
 
-    payload = {k: v for k, v in result.items() if k != "records"}
-    (out / "attacks.json").write_text(json.dumps(to_jsonable(payload), indent=1, allow_nan=True) + "\n")
+    payload = _rounded(to_jsonable({k: v for k, v in result.items() if k != "records"}))
+    (out / "attacks.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
     (out / "attacks.md").write_text(markdown(result, command, defences))
     print((out / "attacks.md").read_text())
     return result

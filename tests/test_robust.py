@@ -230,7 +230,7 @@ def test_attack_suite_smoke_on_synthetic_outputs():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = attacks.run_suite(probs, labels, 1, 0, ["label-skew"], ["gcfcp"], ["none", "zeros", "overflow_counts"],
-                                   [0, 1], progress=False)
+                                   ["0", "1"], progress=False)
     rows = {(r["attack"], r["byzantine_clients"]): r for r in attacks.summarize(result["records"])}
     assert rows[("zeros", 1)]["attacker_flagged"] == 1 and rows[("zeros", 0)]["attacker_flagged"] == 0
     assert rows[("none", 1)]["benign_excluded_or_flagged"] == 0
@@ -238,5 +238,5 @@ def test_attack_suite_smoke_on_synthetic_outputs():
     result["summary"] = list(rows.values())
     result["settings"] = {"splits": 1, "partitions": ["label-skew"], "methods": ["gcfcp"],
                           "attacks": ["none", "zeros", "overflow_counts"]}
-    text = attacks.markdown(result, "test", [0, 1])
+    text = attacks.markdown(result, "test", ["0", "1"])
     assert "| gcfcp | zeros |" in text and "## Headline" in text

@@ -202,10 +202,14 @@ def screen_clients(
             break
         flagged[ids[i]] = (
             f"score distribution far from the other clients: Kolmogorov-Smirnov distance {dist:.3f} to its "
-            f"{peers}-th nearest client, {score:.3f} beyond the sampling and digest allowance "
+            f"{_ordinal(peers)} nearest client, {score:.3f} beyond the sampling and digest allowance "
             f"(tolerance {tolerance:g})"
         )
     return flagged
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _fingerprint(summary: object) -> bytes:
