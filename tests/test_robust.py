@@ -79,11 +79,11 @@ def test_m1_is_the_largest_leave_one_out_fit():
     """Independent formulation: fit_all on every 4-client subset, per atom / class the largest threshold."""
     rng = np.random.default_rng(1)
     data = [_client_data(rng) for _ in range(K)]
-    methods = ["gcfcp", "fedcp", "standard", "classwise"]
+    methods = ["gcfcp", "fedcp", "standard", "classwise", "mondrian", "condcp", "fedcp_qq"]
     cals = make_calibrators(methods, GROUPS, ALPHA, n_classes=10)
     payloads = _payloads(cals, data)
     robust = _fit(methods, payloads, m=1)
-    assert robust.flagged == {}  # homogeneous clients: nobody is flagged
+    assert robust.flagged == {} and robust.failed_methods == {}  # homogeneous clients: nobody is flagged
     subsets = [_thresholds(_fit(methods, {c: payloads[c] for c in sub})) for sub in combinations(payloads, K - 1)]
     got = _thresholds(robust)
     for name in got:
@@ -93,6 +93,10 @@ def test_m1_is_the_largest_leave_one_out_fit():
         else:
             np.testing.assert_array_equal(got[name], np.max([s[name] for s in subsets], axis=0), err_msg=name)
         assert robust.calibrators[name].robust_info["subset_fits"] == K
+    # the saved predictor carries the robust thresholds and no coreset that would re-solve atoms non-robustly
+    saved = robust.calibrators["gcfcp_delta250"].predictor()
+    assert saved["coreset"] is None
+    assert {int(k): v for k, v in saved["thresholds"].items()} == got["gcfcp_delta250"]
 
 
 @pytest.mark.parametrize("poison", ["zeros", "ones"])
@@ -240,3 +244,20 @@ def test_attack_suite_smoke_on_synthetic_outputs():
                           "attacks": ["none", "zeros", "overflow_counts"]}
     text = attacks.markdown(result, "test", ["0", "1"])
     assert "| gcfcp | zeros |" in text and "## Headline" in text
+
+
+def test_clustered_subsets_count_clusters_on_present_classes():
+    """A subset without a label-skewed client's classes must not read their count 0 as the rarest class."""
+    from flwr_gcfcp.methods.classcond import clustering_heuristic
+    from flwr_gcfcp.methods.robust import _present_class_heuristic
+    from flwr_gcfcp.methods.rounds import _parse_payload
+
+    rng = np.random.default_rng(9)
+    data = [_client_data(rng, n=1500, label_skew=[2 * k, 2 * k + 1]) for k in range(K)]
+    cals = make_calibrators(["clustered"], GROUPS, ALPHA, n_classes=10)
+    cal = cals["clustered"]
+    payloads = _payloads(cals, data)
+    subset = [_parse_payload(cal, payloads[c]) for c in ("0", "1", "2", "3")]
+    held = np.bincount(np.concatenate([y for _, _, y in data[:4]]), minlength=10)
+    assert _present_class_heuristic(subset, ALPHA) == clustering_heuristic(held[held > 0], ALPHA)[1] > 1
+    assert clustering_heuristic(held, ALPHA)[1] == 1  # what the absent classes would have made of it
