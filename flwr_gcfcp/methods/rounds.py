@@ -15,6 +15,7 @@ import numpy as np
 from ..core.summaries import DEFAULT_LIMITS, DigestSummary, PayloadError, PayloadLimits, allowed_atom_keys
 from ..core.validation import exact_fraction
 from .base import Calibrator
+from .robust import check_byzantine_clients, fit_certified, screen_clients
 
 __all__ = ["FitReport", "PayloadLimits", "client_payload", "fit_all", "fit_in_process", "payload_bytes"]
 
@@ -77,6 +78,8 @@ class FitReport:
     failed_methods: dict[str, str] = field(default_factory=dict)
     pi: dict[str, float] = field(default_factory=dict)
     n_points: dict[str, int] = field(default_factory=dict)
+    #: clients left out by the robust screening (``byzantine_clients > 0``), with the reason
+    flagged: dict[str, str] = field(default_factory=dict)
 
 
 def _parse_payload(cal: Calibrator, payload: Mapping[str, np.ndarray], limits: PayloadLimits):
@@ -122,6 +125,7 @@ def fit_all(
     payloads: Mapping[str, Mapping[str, np.ndarray]],
     pi: Mapping[str, float] | None = None,
     limits: PayloadLimits | None = None,
+    byzantine_clients: int = 0,
 ) -> FitReport:
     """Server side: validate each client's payload, exclude malformed ones, renormalise π, fit every calibrator.
 
@@ -132,6 +136,9 @@ def fit_all(
     pi : mapping client id -> mixture weight, or None for uniform over the clients used
     limits : PayloadLimits, optional
         Bounds on each client's message and on each fit (default ``PayloadLimits()``; see its docstring).
+    byzantine_clients : int, default 0
+        Tolerate up to this many clients sending arbitrary well-formed summaries (see
+        :mod:`flwr_gcfcp.methods.robust` and ``docs/robustness.md``); must be below the number of payloads.
 
     Returns
     -------
@@ -139,13 +146,14 @@ def fit_all(
         ``excluded`` names each dropped client and the reason (malformed or inconsistent encoding, a digest that
         is not a δ-digest, impossible atom keys, n_k outside the limits, an oversized payload); π is
         renormalised over ``used``; a method whose fit would exceed ``limits.max_fit_values`` is in
-        ``failed_methods``.
+        ``failed_methods``; ``flagged`` names each client the robust screening left out.
     """
     limits = DEFAULT_LIMITS if limits is None else limits
     if not isinstance(limits, PayloadLimits):
         raise ValueError(f"limits must be a PayloadLimits, got {type(limits).__name__}")
     alphas = [getattr(cal, "nominal_alpha", cal.alpha) for cal in calibrators.values()]
     floor = limits.points_floor(min(alphas)) if alphas else 0
+    byzantine_clients = check_byzantine_clients(byzantine_clients, len(payloads))
     parsed: dict[str, dict[str, object]] = {}
     excluded: dict[str, str] = {}
     for cid, payload in payloads.items():
@@ -153,6 +161,9 @@ def fit_all(
             parsed[cid] = _parse_client(calibrators, payload, limits, floor)
         except PayloadError as err:
             excluded[cid] = f"malformed payload: {err}"
+    flagged = screen_clients(calibrators, parsed, byzantine_clients) if byzantine_clients else {}
+    for cid in flagged:
+        del parsed[cid]
     used = list(parsed)
     if pi is not None:
         missing = [c for c in used if c not in pi]
@@ -162,7 +173,7 @@ def fit_all(
         if bad:
             raise ValueError(f"pi must be finite and >= 0, got {bad}")
     pis = None if pi is None else [pi[c] for c in used]
-    report = FitReport(calibrators=dict(calibrators), used=used, excluded=excluded)
+    report = FitReport(calibrators=dict(calibrators), used=used, excluded=excluded, flagged=flagged)
     report.n_points = {c: next(iter(parsed[c].values())).n for c in used} if calibrators else {}
     if used:
         if pis is None:
@@ -181,7 +192,7 @@ def fit_all(
             )
             continue
         try:
-            cal.fit([parsed[c][name] for c in used], pis)
+            fit_certified(cal, [parsed[c][name] for c in used], pis, byzantine_clients - len(flagged))
         except (ValueError, PayloadError) as err:
             report.failed_methods[name] = str(err)
     return report
