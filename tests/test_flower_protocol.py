@@ -355,8 +355,10 @@ def test_a_crash_after_calibration_keeps_predictors_and_says_so(tmp_path):
 # ------------------------------------------------------------------------------------------ arguments
 def test_arguments_fail_early_and_clearly():
     grid = InProcessGrid(user_app(), 2)
-    with pytest.raises(NotImplementedError, match="byzantine_clients=1"):
-        run_conformal_rounds(grid, **rounds(byzantine_clients=1))
+    with pytest.raises(ValueError, match="byzantine_clients must be an integer >= 0"):
+        run_conformal_rounds(grid, **rounds(byzantine_clients=-1))
+    with pytest.raises(CalibrationError, match="byzantine_clients=2 needs more than"):
+        run_conformal_rounds(grid, **rounds(byzantine_clients=2))
     with pytest.raises(ValueError, match="unknown method"):
         run_conformal_rounds(grid, **rounds(methods="nope"))
     with pytest.raises(ValueError, match="mixture_weights must be positive"):
@@ -397,3 +399,39 @@ def test_membership_matrix_groups_through_model_outputs():
     report = run_conformal_rounds(InProcessGrid(user_app(bad), 3), **rounds(groups="matrix:2"))
     [e] = report.excluded
     assert "membership must be a bool (n, 2) matrix, got dtype bool shape (120, 3)" in e["reason"]
+
+
+# ------------------------------------------------------------------------------------------ robust mode
+def test_byzantine_robust_mode_flags_a_poisoned_node_and_equals_the_core(tmp_path):
+    """byzantine_clients=1 through the Flower round: the node reporting certainty on every calibration point
+    (scores all 0) is flagged with its reason; the thresholds equal the core's robust fit on the same payloads."""
+
+    def outputs(arrays, context, split):
+        pid = int(context.node_config["partition-id"])
+        probs, labels = local_data(pid, split)
+        if pid == 2 and split == "calibration":
+            probs = np.eye(10)[labels]
+        return probs, labels
+
+    grid = InProcessGrid(user_app(outputs), N_NODES)
+    report = run_conformal_rounds(grid, **rounds(tmp_path, byzantine_clients=1))
+    data = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert data["byzantine_clients"] == 1
+    assert [f["node_id"] for f in data["flagged_clients"]] == [grid.node_ids[2]]
+    assert "robust screening" in data["flagged_clients"][0]["reason"]
+    assert str(grid.node_ids[2]) not in {c["client"] for c in data["calibration_clients"]}
+    assert "flagged by the robust screening" in (tmp_path / "res" / "results.md").read_text()
+
+    groups = parse_groups(GROUPS)
+    cals = make_calibrators(["gcfcp", "fedcp"], groups, 0.1, [250.0])
+    payloads = {}
+    for i, nid in enumerate(grid.node_ids):
+        probs, labels = local_data(i, "calibration")
+        if i == 2:
+            probs = np.eye(10)[labels]
+        scores = make_score("softmax").calibration_scores(probs, labels)
+        payloads[str(nid)] = client_payload(cals, scores, probs)
+    core = fit_all(cals, payloads, pi={c: 1.0 for c in payloads}, byzantine_clients=1)
+    assert set(core.flagged) == {str(grid.node_ids[2])}
+    for name, cal in core.calibrators.items():
+        assert report.thresholds(name) == cal.thresholds

@@ -54,6 +54,7 @@ class AppConfig:
     conservative: bool = False
     calibration_timeout: float = 120.0
     min_calibration_clients: int = 2
+    byzantine_clients: int = 0
     train_timeout: float = 600.0
     results_dir: str = ""
     plot: bool = True
@@ -86,6 +87,8 @@ class AppConfig:
             raise ValueError(
                 f"run config: min-calibration-clients must be >= 1, got {self.min_calibration_clients!r}"
             )
+        if self.byzantine_clients < 0:
+            raise ValueError(f"run config: byzantine-clients must be >= 0, got {self.byzantine_clients!r}")
         if self.calibration_timeout <= 0:
             raise ValueError(f"run config: calibration-timeout must be > 0, got {self.calibration_timeout!r}")
         for frac_name in ("calibration_fraction", "test_fraction"):

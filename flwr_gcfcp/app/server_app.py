@@ -68,6 +68,7 @@ def run(grid: Grid, cfg: AppConfig) -> ConformalReport:
         mixture_weights=cfg.mixture_weights or None,
         timeout=cfg.calibration_timeout,
         min_clients=cfg.min_calibration_clients,
+        byzantine_clients=cfg.byzantine_clients,
         seed=cfg.seed,
         results_dir=cfg.results_path(),
         plot=cfg.plot,

@@ -56,7 +56,11 @@ def format_table(report: dict[str, Any]) -> str:
         row += [_fmt(v, pct=False) for v in m.get("group_set_size", [])]
         lines.append("| " + " | ".join(row) + " |")
     lines += _class_table(methods) if short != "length" else []
-    excluded = list(report.get("excluded_clients", [])) + list(report.get("evaluation_excluded_clients", []))
+    excluded = (
+        list(report.get("excluded_clients", []))
+        + list(report.get("flagged_clients", []))
+        + list(report.get("evaluation_excluded_clients", []))
+    )
     if excluded:
         lines.append("")
         lines.append("Excluded clients:")

@@ -40,6 +40,7 @@ from flwr.serverapp import Grid
 from ..core.groups import GroupSpec, LabelSetGroups, parse_groups
 from ..core.metrics import aggregate_counts, covgap, frac_undercov, to_jsonable
 from ..core.validation import check_alpha, check_delta
+from ..core.summaries import PayloadLimits
 from ..methods import Calibrator, fit_all, make_calibrators, payload_bytes, predictor_arrays
 from . import reporting
 from .protocol import (
@@ -204,6 +205,10 @@ class CalibrationOutcome:
     node_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     bytes_per_client: dict[str, float] = field(default_factory=dict)
     partition_of: dict[str, int] = field(default_factory=dict)
+    #: clients left out by the Byzantine-robust screening (``byzantine_clients > 0``), with the reason
+    flagged: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: mean bytes of the clients' raw float64 calibration scores (8 n_k), to compare with ``bytes_per_client``
+    raw_bytes_per_client: float = 0.0
 
 
 @dataclass
@@ -324,14 +329,14 @@ class ConformalRounds:
         run_config: Mapping[str, Any] | None = None,
         poll_interval: float | None = 0.1,
         byzantine_clients: int = 0,
+        limits: PayloadLimits | None = None,
     ) -> None:
         if isinstance(byzantine_clients, bool) or not isinstance(byzantine_clients, int) or byzantine_clients < 0:
             raise ValueError(f"byzantine_clients must be an integer >= 0, got {byzantine_clients!r}")
-        if byzantine_clients != 0:
-            raise NotImplementedError(
-                f"byzantine_clients={byzantine_clients}: the Byzantine-robust calibration is not part of this "
-                "version; use byzantine_clients=0 (every well-formed client is trusted)"
-            )
+        if limits is not None and not isinstance(limits, PayloadLimits):
+            raise ValueError(f"limits must be a flwr_gcfcp.core.summaries.PayloadLimits, got {limits!r}")
+        self.byzantine_clients = byzantine_clients
+        self.limits = limits
         self.alpha = check_alpha(alpha)
         self.methods = _method_list(methods)
         self.deltas = _delta_list(deltas)
@@ -437,10 +442,24 @@ class ConformalRounds:
             calibrators = self._make_calibrators(n_labels)
         except ValueError as exc:
             raise CalibrationError(f"calibration: the nodes' {n_labels} classes do not fit the setup: {exc}") from exc
+        if self.byzantine_clients >= max(len(payloads), 1):
+            raise CalibrationError(
+                f"calibration: byzantine_clients={self.byzantine_clients} needs more than that many client payloads, "
+                f"got {len(payloads)} (nothing could be certified)"
+            )
         t_fit = time.perf_counter()
-        fit = fit_all(calibrators, payloads, pi={c: weights[c] for c in payloads})
+        fit = fit_all(
+            calibrators, payloads, pi={c: weights[c] for c in payloads}, limits=self.limits,
+            byzantine_clients=self.byzantine_clients,
+        )
         for cid, reason in fit.excluded.items():
             exclude(int(cid), str(reason), **{k: v for k, v in node_info[cid].items() if k != "node_id"})
+        flagged = {
+            cid: {"node_id": int(cid), "phase": "calibration", "reason": f"flagged by the robust screening: {reason}"}
+            for cid, reason in fit.flagged.items()
+        }
+        for cid, info in flagged.items():
+            log(WARNING, "Calibration: node %s left out by the Byzantine-robust screening: %s", cid, info["reason"])
         if len(fit.used) < self.min_clients:
             raise CalibrationError(
                 f"calibration: only {len(fit.used)} usable client payload(s) out of {len(messages)} nodes, need at "
@@ -456,6 +475,7 @@ class ConformalRounds:
         for name, cal in fitted.items():
             sizes = [payload_bytes(payloads[c]).get(cal.summary_kind, 0) for c in fit.used]
             sent[name] = float(np.mean(sizes)) if sizes else 0.0
+        raw_bytes = float(np.mean([8 * fit.n_points[c] for c in fit.used])) if fit.used else 0.0
         log(INFO, "Calibrated %d method(s) on %d client(s) in %.1f ms", len(fitted), len(fit.used),
             1000 * (time.perf_counter() - t_fit))
         for name, cal in fitted.items():
@@ -464,7 +484,7 @@ class ConformalRounds:
         return CalibrationOutcome(
             calibrators=fitted, used=[str(c) for c in fit.used], weights=weights, n_labels=n_labels,
             excluded=excluded, failed_methods=dict(fit.failed_methods), node_info=node_info,
-            bytes_per_client=sent, partition_of=partition_of,
+            bytes_per_client=sent, partition_of=partition_of, flagged=flagged, raw_bytes_per_client=raw_bytes,
         )
 
     def _bind_labels(self, parts: dict, exclude) -> int:
@@ -679,6 +699,7 @@ class ConformalRounds:
             m = dict(evaluated.get(name, {}))
             m["private"] = bool(c.private)
             m["bytes_per_client"] = cal.bytes_per_client.get(name, 0.0)
+            m["raw_bytes_per_client"] = cal.raw_bytes_per_client
             m["fit_ms"] = 1000 * (c.fit_seconds or 0.0)
             if hasattr(c, "info"):  # what a class-conditional / set-valued fit chose (clusters, γ, threshold, T)
                 m["fit"] = c.info()
@@ -698,6 +719,8 @@ class ConformalRounds:
                 "methods": methods,
                 "private": {name: bool(c.private) for name, c in cal.calibrators.items()},
                 "excluded_clients": [{"client": c, **e} for c, e in cal.excluded.items()],
+                "flagged_clients": [{"client": c, **e} for c, e in cal.flagged.items()],
+                "byzantine_clients": self.byzantine_clients,
                 "failed_methods": cal.failed_methods,
                 "evaluation_excluded_clients": [{"client": c, **e} for c, e in eval_excluded.items()],
                 "calibration_clients": [{"client": c, **cal.node_info.get(c, {})} for c in cal.used],
@@ -760,6 +783,7 @@ def run_conformal_rounds(
     run_config: Mapping[str, Any] | None = None,
     poll_interval: float | None = 0.1,
     byzantine_clients: int = 0,
+    limits: PayloadLimits | None = None,
     timings: Mapping[str, float] | None = None,
 ) -> ConformalReport:
     """Run the conformal calibration and evaluation rounds on ``grid`` for the model ``arrays``.
@@ -811,7 +835,12 @@ def run_conformal_rounds(
     poll_interval : float or None
         Reply polling interval replacing ``HttpGrid``'s fixed 3 s (None keeps Flower's).
     byzantine_clients : int
-        Must be 0 in this version (any other value raises ``NotImplementedError``).
+        Tolerate up to this many clients sending arbitrary well-formed summaries (FedCP, GC-FCP and the
+        class-conditional methods; see ``docs/robustness.md`` for the guarantee). Clients the screening leaves out
+        are listed in ``flagged_clients`` with the reason. Needs more usable payloads than this.
+    limits : PayloadLimits, optional
+        Bounds on each client's message (n_k range, values, bytes) and on each fit; default ``PayloadLimits()``
+        (see ``docs/wire_format.md``).
     timings : mapping, optional
         Extra timings recorded in results.json (e.g. ``{"training_s": ...}``).
 
@@ -824,6 +853,6 @@ def run_conformal_rounds(
         alpha=alpha, groups=groups, methods=methods, deltas=deltas, score=score, conservative=conservative,
         n_classes=n_classes, mixture_weights=mixture_weights, timeout=timeout, min_clients=min_clients, seed=seed,
         results_dir=results_dir, plot=plot, app_config=app_config, run_config=run_config,
-        poll_interval=poll_interval, byzantine_clients=byzantine_clients,
+        poll_interval=poll_interval, byzantine_clients=byzantine_clients, limits=limits,
     )
     return rounds.run(grid, arrays, timings=timings)
