@@ -23,11 +23,12 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from flwr_gcfcp.core.groups import parse_groups
+
 __all__ = [
     "Draw",
     "MCResult",
     "run_monte_carlo",
-    "payload_nbytes",
     "summarize_runs",
     "groupwise_random_thresholds",
 ]
@@ -78,11 +79,6 @@ class MCResult:
     last_calibrators: dict = field(default_factory=dict)
     last_draw: Draw | None = None
     excluded: dict = field(default_factory=dict)
-
-
-def payload_nbytes(payload: Mapping[str, np.ndarray]) -> int:
-    """Bytes a client sends: the sum of the payload arrays' buffer sizes."""
-    return int(sum(np.asarray(v).nbytes for v in payload.values()))
 
 
 def _core():
@@ -149,12 +145,9 @@ def run_monte_carlo(
 
     iterator = range(mc)
     if progress:
-        try:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            iterator = tqdm(iterator, desc=desc, unit="run", leave=False)
-        except ImportError:  # pragma: no cover
-            pass
+        iterator = tqdm(iterator, desc=desc, unit="run", leave=False)
 
     for r in iterator:
         rng = np.random.default_rng(children[r])
@@ -289,7 +282,7 @@ def _run_method(calibrators_mod, metrics_mod, name, cal, draw, present, client_i
             single, draw.cal_scores[idx], _take(draw.cal_features, idx), float(pi_vec[k]), K
         )
         payloads[client_ids[k]] = p
-        nbytes.append(payload_nbytes(p))
+        nbytes.append(sum(calibrators_mod.payload_bytes(p).values()))
         raw.append(8 * len(idx))  # the client's float64 scores alone
     t_client = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -415,26 +408,18 @@ def classification_draw_fn(
 
 
 def parse_client_classes(text: str, n_classes: int) -> tuple[list[list[int]], np.ndarray]:
-    """``"0,1;2,3;4-5"`` -> client label lists and the class -> client map (``-1`` for classes nobody holds)."""
-    clients: list[list[int]] = []
-    for part in str(text).split(";"):
-        part = part.strip()
-        if not part:
-            raise ValueError(f"client_classes has an empty client in {text!r}")
-        labs: list[int] = []
-        for tok in part.split(","):
-            tok = tok.strip()
-            if "-" in tok:
-                lo, hi = tok.split("-", 1)
-                labs.extend(range(int(lo), int(hi) + 1))
-            else:
-                labs.append(int(tok))
-        clients.append(labs)
+    """``"0,1;2,3;4-5"`` -> client label lists and the class -> client map (``-1`` for classes nobody holds).
+
+    The text uses the label-set syntax of :func:`flwr_gcfcp.parse_groups`; a class may belong to one client only.
+    """
+    try:
+        spec = parse_groups(str(text), n_labels=n_classes)
+    except ValueError as err:
+        raise ValueError(f"client_classes {text!r}: {err}") from None
+    clients = [sorted(int(y) for y in labs) for labs in spec.label_sets]
     owner = np.full(n_classes, -1, dtype=np.int64)
     for k, labs in enumerate(clients):
         for y in labs:
-            if not 0 <= y < n_classes:
-                raise ValueError(f"client_classes names class {y!r} outside [0, {n_classes})")
             if owner[y] >= 0:
                 raise ValueError(f"client_classes gives class {y!r} to clients {owner[y]} and {k}")
             owner[y] = k

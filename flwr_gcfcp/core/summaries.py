@@ -470,8 +470,3 @@ class QQSummary:
         except EncodingError as err:
             raise PayloadError(str(err)) from None
         return cls(n=n, top=values[::-1].copy())
-
-
-def membership_keys(groups, features) -> np.ndarray:
-    """Atom keys of the points described by ``features`` under ``groups``."""
-    return pattern_keys(groups.membership(features))
