@@ -167,7 +167,6 @@ def run(cfg: dict[str, Any], threads: int, data_dir: Path | None = None) -> dict
     # ---- FedAvg
     weights_path = root / "weights" / "resnet20-12fca82f.th" if cfg["model"] == "resnet20-pretrained" else None
     model = make_cifar10_model(cfg["model"], seed=seed, weights_path=weights_path)
-    pretrained = cfg["model"] == "resnet20-pretrained"
     global_w = get_weights(model)
     t = time.perf_counter()
     history = [{"round": 0, **_accuracy(model, clients, "test", threads), "train_loss": None, "seconds": 0.0}]
@@ -183,7 +182,7 @@ def run(cfg: dict[str, Any], threads: int, data_dir: Path | None = None) -> dict
             loss = train(
                 local, c["x_train"], c["y_train"], epochs=int(cfg["local-epochs"]), lr=float(cfg["learning-rate"]),
                 batch_size=int(cfg["batch-size"]), seed=seed * 100_003 + r * 101 + k, momentum=0.9,
-                weight_decay=5e-4, num_threads=threads, augment=True, freeze_batchnorm=pretrained,
+                weight_decay=5e-4, num_threads=threads, augment=True,
             )
             states.append(get_weights(local))
             losses.append(loss)
@@ -273,7 +272,8 @@ def write_outputs(report: dict[str, Any], out: Path) -> dict[str, str]:
         f"Model {cfg['model']}, {len(report['clients'])} clients holding true classes {cfg['client-classes']}, "
         f"{cfg['images-per-client']} training images per client (shared JPEG q75 training images), "
         f"{cfg['num-server-rounds']} FedAvg rounds of {cfg['local-epochs']} local epoch(s) (SGD lr "
-        f"{cfg['learning-rate']}, batch {cfg['batch-size']}). Calibration/test images held out from the client's "
+        f"{cfg['learning-rate']}, momentum 0.9, weight decay 5e-4, batch {cfg['batch-size']}, random crop + flip; "
+        "state dicts averaged weighted by training images). Calibration/test images held out from the client's "
         f"classes in the CIFAR-10 test images (calibration fraction {cfg['calibration-fraction']}). Groups "
         f"(predicted label) {cfg['groups']}, score {cfg['score']}, δ = {cfg['deltas']}, π uniform.\n",
         f"Wall time {tim['total_s']:.0f} s (data {tim['data_s']:.0f} s, training and per-round evaluation "
