@@ -71,7 +71,6 @@ def train(
     num_threads: int | None = None,
     device: str | torch.device = "cpu",
     augment: bool = False,
-    freeze_batchnorm: bool = False,
 ) -> float:
     """Train ``model`` in place with mini-batch cross-entropy; deterministic for a given ``seed`` on CPU.
 
@@ -97,10 +96,6 @@ def train(
     augment : bool, default False
         The standard CIFAR augmentation per batch: random crop of the image zero-padded by 4 pixels (on the
         normalised inputs) and random horizontal flip, drawn from ``seed``.
-    freeze_batchnorm : bool, default False
-        Keep BatchNorm layers in eval mode (running statistics fixed; their affine weights still train). For
-        fine-tuning a pretrained model on label-skewed clients, whose 2-class batches would otherwise pull the
-        running statistics away from those of the whole data.
 
     Returns
     -------
@@ -126,10 +121,6 @@ def train(
     rng = np.random.default_rng(int(seed))
     model.to(device)
     model.train()
-    if freeze_batchnorm:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
     if optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
             model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
@@ -150,7 +141,7 @@ def train(
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training diverged: loss {float(loss.detach())} in epoch {epoch + 1}, batch at example {start}; "
-                    f"lower lr={lr!r} (or, with freeze_batchnorm, start from a model whose BatchNorm statistics are set)"
+                    f"lower lr={lr!r}"
                 )
             loss.backward()
             opt.step()
