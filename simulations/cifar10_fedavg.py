@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="resnet20-pretrained | resnet20 | smallcnn")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1; on the busy 2-core machine 2 threads used several times the CPU time)")
+                   help="torch threads (default 1; on the busy 2-core machine 2 threads took several times the CPU)")
     p.add_argument("--data-dir", default=None, help="shared data folder (default $FLWR_GCFCP_DATA or ../shared/data)")
     p.add_argument("--out", default=None, help="output folder (default results/simulations/, untracked)")
     p.add_argument("--update-results", action="store_true", help="write to the committed simulations/results/")
@@ -323,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = "python -m simulations.cifar10_fedavg " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    given = sys.argv[1:] if argv is None else argv
+    command = "python -m simulations.cifar10_fedavg " + " ".join(shlex.quote(a) for a in given)
     cfg = load_preset(args.config)
     for key, value in (("num-server-rounds", args.rounds), ("images-per-client", args.images_per_client),
                        ("heldout-per-client", args.heldout_per_client), ("local-epochs", args.local_epochs),

@@ -607,7 +607,8 @@ def load_cifar10_npz(
 # ----------------------------------------------------------------------------------------------
 #: The shared CIFAR-10 training images (JPEG bytes), relative to :func:`shared_data_dir`.
 CIFAR10_TRAIN_FILE = "cifar10/cifar10_train_jpeg_q75_bytes.npz"
-#: The shared CIFAR-10 test images (decoded from JPEG q75, like the training bytes), relative to :func:`shared_data_dir`.
+#: The shared CIFAR-10 test images (decoded from JPEG q75 like the training bytes), relative to
+#: :func:`shared_data_dir`.
 CIFAR10_TEST_FILE = "cifar10/cifar10_test_jpeg_q75.npz"
 _CIFAR10_CLASSES = 10
 

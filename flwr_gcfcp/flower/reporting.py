@@ -212,10 +212,12 @@ def plot_coverage(
     size_top = float(finite_size.max()) * 1.15 if finite_size.size and finite_size.max() > 0 else 1.0
     for i, (name, m) in enumerate(methods.items()):
         private = m.get("private", True)
-        label = f"{name}{'' if private else ' (not private)'}: coverage {_fmt(m.get('marginal_coverage'))} %, " \
-                f"{'length' if size_label == 'interval length' else 'size'} {_fmt(m.get('marginal_set_size'), pct=False)}"
+        what = "length" if size_label == "interval length" else "size"
+        label = (f"{name}{'' if private else ' (not private)'}: coverage {_fmt(m.get('marginal_coverage'))} %, "
+                 f"{what} {_fmt(m.get('marginal_set_size'), pct=False)}")
         pos = x + (i - (n_methods - 1) / 2) * width
-        style = {"color": colors(i % colors.N), "hatch": None if private else "//", "edgecolor": "white", "linewidth": 0.5}
+        style = {"color": colors(i % colors.N), "hatch": None if private else "//", "edgecolor": "white",
+                 "linewidth": 0.5}
         ax_c.bar(pos, np.where(np.isfinite(cov[i]), cov[i] - y_low, 0.0), width, bottom=y_low, label=label, **style)
         shown = np.where(np.isfinite(size[i]), size[i], np.where(np.isinf(size[i]), size_top, 0.0))
         ax_s.bar(pos, shown, width, **style)
