@@ -2,7 +2,12 @@
 
 Usage::
 
-    python -m simulations.reproduce EXPERIMENT [--mc N] [--seed S] [--out DIR] [--json PATH] [--data-dir DIR]
+    python -m simulations.reproduce EXPERIMENT [--mc N] [--seed S] [--out DIR | --update-results] [--json PATH]
+        [--data-dir DIR]
+
+Outputs go to ``results/simulations/`` at the repository root (untracked: ``results/`` is gitignored) or to
+``--out DIR``; only ``--update-results`` writes the committed copies in ``simulations/results/``, so a quick run
+(``--mc 5``) never overwrites the results the README quotes.
 
 Experiments
 -----------
@@ -98,6 +103,25 @@ PAPER_TABLE2 = {  # Table 2 of the paper: marginal, then (coverage, size) per gr
 
 class DataMissingError(FileNotFoundError):
     """A data file an experiment needs is absent."""
+
+
+#: The committed results (written only with ``--update-results``).
+COMMITTED_RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: Default output folder of a run: untracked (``results/`` is gitignored).
+UNTRACKED_RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "simulations"
+
+
+def output_dir(out: str | os.PathLike[str] | None, update_results: bool) -> Path:
+    """Where a run writes: ``out`` when given, the committed ``simulations/results/`` with ``update_results``,
+    else the untracked ``results/simulations/`` at the repository root."""
+    if out is not None and update_results:
+        raise ValueError(
+            f"--out {str(out)!r} and --update-results contradict each other: --update-results writes to "
+            f"{str(COMMITTED_RESULTS_DIR)!r}"
+        )
+    if update_results:
+        return COMMITTED_RESULTS_DIR
+    return Path(out) if out is not None else UNTRACKED_RESULTS_DIR
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -655,7 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", choices=EXPERIMENTS)
     p.add_argument("--mc", type=int, default=None, help="Monte Carlo splits (paper: 50; 100 for regression/table5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output folder (default simulations/results)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default results/simulations/ at the repository root, untracked)")
+    p.add_argument("--update-results", action="store_true",
+                   help="write to the committed simulations/results/ (what the README quotes)")
     p.add_argument("--json", default=None, help="JSON output path (default OUT/<experiment>.json)")
     p.add_argument("--data-dir", default=None,
                    help="shared data folder (default $FLWR_GCFCP_DATA or ../shared/data beside the repository)")
@@ -701,7 +728,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mc < 1:
         parser.error(f"--mc must be >= 1, got {args.mc}")
     args.data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    args.out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results"
+    try:
+        args.out = output_dir(args.out, args.update_results)
+    except ValueError as exc:
+        parser.error(str(exc))
     args.progress = not args.no_progress
     t0 = time.perf_counter()
     try:

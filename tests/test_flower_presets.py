@@ -266,7 +266,8 @@ FAST_PRESETS = {  # preset -> (shared file it needs, number of groups)
 
 
 def test_every_preset_is_covered_here():
-    assert {p.stem for p in CONF.glob("*.toml")} == set(FAST_PRESETS) | {"cifar10_resnet56_pretrained"}
+    # cifar10_fedavg runs in process in tests/test_cifar10_train.py until the app accepts dataset "cifar10-train"
+    assert {p.stem for p in CONF.glob("*.toml")} == set(FAST_PRESETS) | {"cifar10_resnet56_pretrained", "cifar10_fedavg"}
 
 
 @pytest.mark.parametrize("name", sorted(FAST_PRESETS))

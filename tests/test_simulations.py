@@ -201,6 +201,45 @@ def test_scores_experiment_on_own_outputs(tmp_path, key):
     assert (out / "scores_outs.md").is_file() and (out / "scores_outs_group_coverage.png").is_file()
 
 
+def test_runs_write_untracked_unless_update_results(tmp_path, monkeypatch, capsys):
+    """A run without --out writes to the untracked folder; only --update-results touches the committed one."""
+    import simulations.reproduce as rp
+
+    _core_or_skip()
+    committed, untracked = tmp_path / "committed", tmp_path / "untracked"
+    monkeypatch.setattr(rp, "COMMITTED_RESULTS_DIR", committed)
+    monkeypatch.setattr(rp, "UNTRACKED_RESULTS_DIR", untracked)
+    npz = _write_outputs_npz(tmp_path / "outs.npz")
+    common = ["scores", "--logits", str(npz), "--groups", "0-2;2-5", "--client-classes", "0,1;2,3;4,5",
+              "--n-cal", "600", "--deltas", "250", "--methods", "split_cp", "--mc", "1", "--no-progress"]
+    assert main(common) == 0
+    assert (untracked / "scores_outs.json").is_file() and not committed.exists()
+    assert main([*common, "--update-results"]) == 0
+    assert (committed / "scores_outs.json").is_file()
+    assert "--update-results" in _load_json(committed / "scores_outs.json")["command"]
+    with pytest.raises(SystemExit) as exc:
+        main([*common, "--update-results", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert "--update-results" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_output_dir_defaults_point_where_documented():
+    import simulations.reproduce as rp
+
+    repo = Path(rp.__file__).resolve().parent.parent
+    assert rp.output_dir(None, False) == repo / "results" / "simulations"
+    assert rp.output_dir(None, True) == repo / "simulations" / "results"
+    assert rp.output_dir("elsewhere", False) == Path("elsewhere")
+    # the default folder is ignored by git, the committed one is not
+    import subprocess
+
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(repo / "results" / "simulations" / "a.json")], cwd=repo)
+    kept = subprocess.run(["git", "check-ignore", "-q", str(repo / "simulations" / "results" / "a.json")], cwd=repo)
+    if ignored.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert ignored.returncode == 0 and kept.returncode == 1
+
+
 def test_scores_experiment_reports_missing_file(tmp_path, capsys):
     rc = main(["scores", "--logits", str(tmp_path / "nope.npz"), "--mc", "1", "--out", str(tmp_path)])
     assert rc == 2
@@ -304,6 +343,11 @@ def test_parser_lists_every_experiment():
         assert parser.parse_args([e]).experiment == e
 
 
+# Keys of presets the Flower app does not accept yet (issue 11: cifar10_fedavg runs in process through
+# simulations.cifar10_fedavg until the app is wired to dataset "cifar10-train"); delete an entry once wired.
+PRESET_KEYS_NOT_IN_APP = {"cifar10_fedavg.toml": {"model", "images-per-client", "heldout-per-client"}}
+
+
 def test_presets_use_known_run_config_keys():
     import tomllib
 
@@ -313,4 +357,6 @@ def test_presets_use_known_run_config_keys():
     assert presets, "no presets in simulations/conf"
     for preset in presets:
         keys = set(tomllib.loads(preset.read_text()))
-        assert keys <= known, f"{preset.name}: unknown keys {sorted(keys - known)}"
+        pending = PRESET_KEYS_NOT_IN_APP.get(preset.name, set())
+        assert not pending & known, f"{preset.name}: {sorted(pending & known)} are app keys now: drop them above"
+        assert keys <= known | pending, f"{preset.name}: unknown keys {sorted(keys - known - pending)}"

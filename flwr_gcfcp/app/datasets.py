@@ -13,6 +13,9 @@ Contents
 - Loaders of real data that never download at run time and take paths as arguments:
   :func:`load_cifar10_torchvision`, :func:`load_cifar10_npz`, :func:`decode_jpeg_bytes_npz`,
   :func:`load_pathmnist_npz`, :func:`load_model_outputs`.
+- Federated CIFAR-10 training data: :func:`load_cifar10_train_dataset` (the shared training JPEGs as a
+  partitionable :class:`datasets.Dataset`) and :func:`cifar10_train_client_splits` (per client: training images
+  of its classes, plus calibration and test images held out from the CIFAR-10 test set).
 - :func:`shared_data_dir` and :func:`require_shared` locate the project's shared data folder
   (``../shared/data`` from the repository root, or the ``FLWR_GCFCP_DATA`` environment variable).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,11 @@ __all__ = [
     "decode_jpeg_bytes_npz",
     "load_pathmnist_npz",
     "load_model_outputs",
+    "CIFAR10_TRAIN_FILE",
+    "CIFAR10_TEST_FILE",
+    "load_cifar10_train_dataset",
+    "ImageClientSplit",
+    "cifar10_train_client_splits",
     "shared_data_dir",
     "require_shared",
 ]
@@ -592,6 +601,178 @@ def load_cifar10_npz(
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         images, labels = images[idx], labels[idx]
     return images, labels
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR-10 federated training data (shared training JPEGs, held-out test images)
+# ----------------------------------------------------------------------------------------------
+#: The shared CIFAR-10 training images (JPEG bytes), relative to :func:`shared_data_dir`.
+CIFAR10_TRAIN_FILE = "cifar10/cifar10_train_jpeg_q75_bytes.npz"
+#: The shared CIFAR-10 test images (decoded from JPEG q75 like the training bytes), relative to
+#: :func:`shared_data_dir`.
+CIFAR10_TEST_FILE = "cifar10/cifar10_test_jpeg_q75.npz"
+_CIFAR10_CLASSES = 10
+
+
+def _cifar10_labels(path: str | os.PathLike[str], name: str) -> np.ndarray:
+    """The labels of a CIFAR-10 npz (any layout of :func:`load_cifar10_npz`) without decoding its images."""
+    p = _existing_file(path, "CIFAR-10 npz", name=name)
+    with np.load(p, allow_pickle=False) as z:
+        if "labels" in z.files:
+            labels = np.asarray(z["labels"])
+        elif "labels_all" in z.files and "images" in z.files:
+            labels = np.asarray(z["labels_all"])[: z["images"].shape[0]]
+        else:
+            raise ValueError(f"{name}={str(path)!r}: no 'labels' (or 'images' + 'labels_all') in {sorted(z.files)}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}={str(path)!r}: labels must be 1-D integers, got {labels.dtype} {labels.shape}")
+    labels = labels.astype(np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= _CIFAR10_CLASSES):
+        raise ValueError(f"{name}={str(path)!r}: labels must lie in [0, 10), got [{labels.min()}, {labels.max()}]")
+    return labels
+
+
+def _label_index_dataset(labels: np.ndarray) -> Any:
+    """A :class:`datasets.Dataset` with only ``label`` (``ClassLabel(10)``) and ``index`` (row in the file)."""
+    import datasets
+
+    features = datasets.Features(
+        {LABEL_COLUMN: datasets.ClassLabel(num_classes=_CIFAR10_CLASSES), INDEX_COLUMN: datasets.Value("int64")}
+    )
+    return datasets.Dataset.from_dict(
+        {LABEL_COLUMN: labels, INDEX_COLUMN: np.arange(len(labels), dtype=np.int64)}, features=features
+    )
+
+
+def load_cifar10_train_dataset(path: str | os.PathLike[str] | None = None, decode: bool = True) -> Any:
+    """The shared CIFAR-10 training images as a local :class:`datasets.Dataset` that flwr-datasets can partition.
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        The JPEG-bytes npz (``jpeg_bytes``, ``offsets``, ``labels``); default
+        ``shared_data_dir() / CIFAR10_TRAIN_FILE``. Never downloaded.
+    decode : bool, default True
+        Decode every image (50,000 for the shared file) into an ``x`` column. With ``False`` the dataset holds only
+        ``label`` and ``index``: partition it (e.g. :func:`partition_by_client_classes`) and decode the chosen rows
+        with :func:`decode_jpeg_bytes_npz`, as :func:`cifar10_train_client_splits` does.
+
+    Returns
+    -------
+    datasets.Dataset
+        Columns ``x`` (uint8 ``(32, 32, 3)`` RGB, when ``decode``), ``label`` (``ClassLabel(10)``) and ``index``
+        (the image's row in the file).
+    """
+    p = Path(path) if path is not None else shared_data_dir() / CIFAR10_TRAIN_FILE
+    labels = _cifar10_labels(p, "path")
+    if not decode:
+        return _label_index_dataset(labels)
+    images, _ = decode_jpeg_bytes_npz(p)
+    return arrays_to_dataset(images, labels, n_classes=_CIFAR10_CLASSES)  # index = row, as decoded in file order
+
+
+@dataclass(frozen=True)
+class ImageClientSplit:
+    """One client's CIFAR-10 data: uint8 ``(n, 32, 32, 3)`` RGB images, int64 labels, and each image's row in its
+    source file (``*_rows``: training rows in the training file, calibration and test rows in the test file)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_cal: np.ndarray
+    y_cal: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    train_rows: np.ndarray
+    cal_rows: np.ndarray
+    test_rows: np.ndarray
+
+
+def _check_count(value: Any, name: str, low: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def cifar10_train_client_splits(
+    client_classes: Sequence[Sequence[int]],
+    images_per_client: int,
+    calibration_fraction: float = 0.5,
+    heldout_per_client: int = 0,
+    seed: int = 0,
+    train_path: str | os.PathLike[str] | None = None,
+    test_path: str | os.PathLike[str] | None = None,
+    partition_ids: Sequence[int] | None = None,
+) -> list[ImageClientSplit]:
+    """Label-partitioned clients for federated training on CIFAR-10, with held-out calibration and test images.
+
+    Training images: the shared training file is partitioned by :func:`partition_by_client_classes` (client ``k``
+    holds the images whose label is in ``client_classes[k]``, shuffled from ``seed``) and each client keeps the first
+    ``images_per_client`` of its partition; only those are decoded. Calibration and test images come from the
+    CIFAR-10 *test* file, partitioned the same way, capped at ``heldout_per_client`` and split at random into a
+    calibration part (``calibration_fraction``) and a test part. The held-out images are never trained on, neither
+    here nor by the shared pretrained ResNets (trained on all 50,000 training images), so calibration and test
+    scores are exchangeable; the shared test images are JPEG q75 copies, like the training bytes.
+
+    Parameters
+    ----------
+    client_classes : sequence of sequences of int
+        Disjoint label sets, one per client (e.g. ``[[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]``).
+    images_per_client : int
+        Training images per client (>= 1); a client whose classes hold fewer keeps them all.
+    calibration_fraction : float, default 0.5
+        Fraction in ``(0, 1)`` of each client's held-out images that calibrate; the rest test.
+    heldout_per_client : int, default 0
+        Held-out images per client before the calibration/test split (0: all of the client's test images; else >= 2).
+    seed : int, default 0
+        Seeds both partitions' shuffles and the calibration/test split.
+    train_path, test_path : str or path-like, optional
+        Default ``shared_data_dir() / CIFAR10_TRAIN_FILE`` and ``shared_data_dir() / CIFAR10_TEST_FILE``; any
+        layout of :func:`load_cifar10_npz` works for either.
+    partition_ids : sequence of int, optional
+        Return (and decode) only these clients, in this order; all by default (a Flower client needs only its own).
+
+    Returns
+    -------
+    list of ImageClientSplit
+        One per requested client.
+    """
+    images_per_client = _check_count(images_per_client, "images_per_client", 1)
+    heldout_per_client = _check_count(heldout_per_client, "heldout_per_client", 0)
+    if heldout_per_client == 1:
+        raise ValueError("heldout_per_client must be 0 (all) or >= 2 (one calibration and one test image), got 1")
+    seed = _check_seed(seed)
+    n_clients = len(client_classes) if not isinstance(client_classes, (str, bytes)) else 0
+    ids = list(range(n_clients)) if partition_ids is None else [int(i) for i in partition_ids]
+    bad = [i for i in ids if not 0 <= i < n_clients]
+    if bad:
+        raise ValueError(f"partition_ids must lie in [0, {n_clients}) (one per client_classes entry), got {bad}")
+    train_p = Path(train_path) if train_path is not None else shared_data_dir() / CIFAR10_TRAIN_FILE
+    test_p = Path(test_path) if test_path is not None else shared_data_dir() / CIFAR10_TEST_FILE
+    train_parts = partition_by_client_classes(
+        _label_index_dataset(_cifar10_labels(train_p, "train_path")), client_classes, seed=seed
+    )
+    test_parts = partition_by_client_classes(
+        _label_index_dataset(_cifar10_labels(test_p, "test_path")), client_classes, seed=seed + 1
+    )
+    out = []
+    for k in ids:
+        train_rows = np.asarray(train_parts[k][INDEX_COLUMN][:images_per_client], dtype=np.int64)
+        held = test_parts[k]
+        if heldout_per_client:
+            held = held.select(range(min(heldout_per_client, len(held))))
+        if len(train_rows) == 0 or len(held) < 2:
+            raise ValueError(
+                f"client_classes[{k}]={list(client_classes[k])!r}: the client holds {len(train_rows)} training and "
+                f"{len(held)} held-out images; it needs at least 1 and 2"
+            )
+        test_part, cal_part = split_train_calibration(held, calibration_fraction, seed=seed + 2)
+        cal_rows = np.asarray(cal_part[INDEX_COLUMN], dtype=np.int64)
+        test_rows = np.asarray(test_part[INDEX_COLUMN], dtype=np.int64)
+        x_train, y_train = load_cifar10_npz(train_p, indices=train_rows)
+        x_cal, y_cal = load_cifar10_npz(test_p, indices=cal_rows)
+        x_test, y_test = load_cifar10_npz(test_p, indices=test_rows)
+        out.append(ImageClientSplit(x_train, y_train, x_cal, y_cal, x_test, y_test, train_rows, cal_rows, test_rows))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

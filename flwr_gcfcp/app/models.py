@@ -25,6 +25,9 @@ __all__ = [
     "CifarResNet",
     "cifar_resnet",
     "load_pretrained_cifar_resnet",
+    "PRETRAINED_CIFAR_RESNET_FILES",
+    "CIFAR10_MODELS",
+    "make_cifar10_model",
     "cifar_transform",
     "get_weights",
     "set_weights",
@@ -211,6 +214,50 @@ def load_pretrained_cifar_resnet(path: str | os.PathLike[str], depth: int | None
     model.load_state_dict(state, strict=True)
     model.eval()
     return model
+
+
+#: The shared pretrained checkpoints by depth, relative to the shared data folder (``datasets.shared_data_dir()``).
+PRETRAINED_CIFAR_RESNET_FILES = {
+    20: "weights/resnet20-12fca82f.th",
+    32: "weights/resnet32-d509ac18.th",
+    44: "weights/resnet44-014dd654.th",
+    56: "weights/resnet56-4bfd9763.th",
+}
+#: Models :func:`make_cifar10_model` builds for federated training on CIFAR-10 images.
+CIFAR10_MODELS = ("resnet20-pretrained", "resnet20", "smallcnn")
+
+
+def make_cifar10_model(name: str, seed: int = 0, weights_path: str | os.PathLike[str] | None = None) -> nn.Module:
+    """The initial global model of federated training on CIFAR-10 (inputs from :func:`cifar_transform`).
+
+    Parameters
+    ----------
+    name : {"resnet20-pretrained", "resnet20", "smallcnn"}
+        ``"resnet20-pretrained"``: the shared pretrained ResNet-20 (0.27 M parameters), to fine-tune;
+        ``"resnet20"``: the same architecture, randomly initialised from ``seed``; ``"smallcnn"``:
+        :class:`SmallCNN` for 32x32 RGB (about 0.05 M parameters), randomly initialised from ``seed``.
+    seed : int, default 0
+        Seeds the random initialisation (unused by the pretrained model).
+    weights_path : str or path-like, optional
+        Checkpoint of ``"resnet20-pretrained"``; default ``shared_data_dir() / PRETRAINED_CIFAR_RESNET_FILES[20]``.
+
+    Returns
+    -------
+    torch.nn.Module
+        In eval mode.
+    """
+    if name not in CIFAR10_MODELS:
+        raise ValueError(f"model must be one of {CIFAR10_MODELS}, got {name!r}")
+    if name == "resnet20-pretrained":
+        from flwr_gcfcp.app.datasets import shared_data_dir
+
+        path = Path(weights_path) if weights_path is not None else shared_data_dir() / PRETRAINED_CIFAR_RESNET_FILES[20]
+        return load_pretrained_cifar_resnet(path, depth=20)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    torch.manual_seed(int(seed))
+    model: nn.Module = cifar_resnet(20) if name == "resnet20" else SmallCNN(n_classes=10, in_channels=3, image_size=32)
+    return model.eval()
 
 
 def cifar_transform(

@@ -6,6 +6,8 @@ scale (use :func:`flwr_gcfcp.app.models.cifar_transform` for uint8 CIFAR images)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.special
 import torch
@@ -69,6 +71,7 @@ def train(
     weight_decay: float = 0.0,
     num_threads: int | None = None,
     device: str | torch.device = "cpu",
+    augment: bool = False,
 ) -> float:
     """Train ``model`` in place with mini-batch cross-entropy; deterministic for a given ``seed`` on CPU.
 
@@ -91,6 +94,9 @@ def train(
     num_threads : int, optional
         Passed to :func:`set_torch_threads`.
     device : str or torch.device, default "cpu"
+    augment : bool, default False
+        The standard CIFAR augmentation per batch: random crop of the image zero-padded by 4 pixels (on the
+        normalised inputs) and random horizontal flip, drawn from ``seed``.
 
     Returns
     -------
@@ -123,19 +129,40 @@ def train(
     else:
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     total, count = 0.0, 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.as_tensor(rng.permutation(n))
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            xb, yb = xt[idx].to(device), yt[idx].to(device)
+            xb, yb = xt[idx], yt[idx]
+            if augment:
+                xb = _augment(xb, rng)
+            xb, yb = xb.to(device), yb.to(device)
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(xb), yb)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training diverged: loss {float(loss.detach())} in epoch {epoch + 1}, batch at example {start}; "
+                    f"lower lr={lr!r}"
+                )
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
     model.eval()
     return total / count
+
+
+def _augment(xb: torch.Tensor, rng: np.random.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop of the zero-padded images and random horizontal flip (one draw per image)."""
+    n, _, h, w = xb.shape
+    padded = F.pad(xb, (pad, pad, pad, pad))
+    dy = rng.integers(0, 2 * pad + 1, size=n)
+    dx = rng.integers(0, 2 * pad + 1, size=n)
+    flip = rng.random(n) < 0.5
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    if flip.any():
+        out[torch.as_tensor(flip)] = out[torch.as_tensor(flip)].flip(-1)
+    return out
 
 
 @torch.no_grad()
@@ -145,14 +172,23 @@ def predict_logits(
     batch_size: int = 512,
     num_threads: int | None = None,
     device: str | torch.device = "cpu",
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Return the model's logits as float64, shape ``(n, L)``, in eval mode."""
+    """Return the model's logits as float64, shape ``(n, L)``, in eval mode.
+
+    ``progress(done, total)``, when given, is called after every batch with the number of examples scored so far
+    (e.g. to log long client scoring).
+    """
     batch_size = _check_positive_int(batch_size, "batch_size")
     set_torch_threads(num_threads)
     xt = _as_inputs(x)
     model.to(device)
     model.eval()
-    outs = [model(xt[s : s + batch_size].to(device)).double().cpu() for s in range(0, len(xt), batch_size)]
+    outs = []
+    for s in range(0, len(xt), batch_size):
+        outs.append(model(xt[s : s + batch_size].to(device)).double().cpu())
+        if progress is not None:
+            progress(min(s + batch_size, len(xt)), len(xt))
     if not outs:
         raise ValueError("x must hold at least one example, got 0")
     return torch.cat(outs).numpy()
@@ -164,12 +200,16 @@ def predict_proba(
     batch_size: int = 512,
     num_threads: int | None = None,
     device: str | torch.device = "cpu",
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Return class probabilities, float64 of shape ``(n, L)``, rows summing to 1.
 
-    The softmax is taken in float64 on the float64-cast logits (max-subtracted).
+    The softmax is taken in float64 on the float64-cast logits (max-subtracted); ``progress`` as in
+    :func:`predict_logits`.
     """
-    logits = predict_logits(model, x, batch_size=batch_size, num_threads=num_threads, device=device)
+    logits = predict_logits(
+        model, x, batch_size=batch_size, num_threads=num_threads, device=device, progress=progress
+    )
     return scipy.special.softmax(np.asarray(logits, dtype=np.float64), axis=1)
 
 

@@ -98,35 +98,151 @@ def save_predictor(predictor: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(to_jsonable(predictor), indent=1))
 
 
-def plot_coverage(report: dict[str, Any], path: Path) -> None:
+def _as_float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):  # None or text: missing ("inf"/"nan" strings from JSON parse as floats)
+        return float("nan")
+
+
+def _plot_title(report: dict[str, Any], dataset: str | None, alpha: float | None, deltas: Any) -> str:
+    """"<data set>: α = ..., δ = ..." from the arguments, else from the report and its run config."""
+    cfg = report.get("config") or {}
+    if dataset is None:
+        dataset = report.get("dataset") or cfg.get("dataset")
+        if dataset == "outputs" and cfg.get("outputs-path"):
+            dataset = f"outputs {Path(str(cfg['outputs-path'])).name}"
+    if alpha is None:
+        alpha = report.get("alpha", cfg.get("alpha"))
+    if deltas is None:
+        deltas = cfg.get("deltas")
+    if isinstance(deltas, (list, tuple)):
+        deltas = ", ".join(f"{_as_float(d):g}" for d in deltas)
+    elif deltas is not None:
+        deltas = ", ".join(t.strip() for t in str(deltas).split(",") if t.strip())
+    parts = [str(dataset) if dataset else "Conformal prediction"]
+    meta = []
+    if alpha is not None:
+        meta.append(f"α = {_as_float(alpha):g} (target coverage {1 - _as_float(alpha):g})")
+    if deltas not in (None, ""):
+        meta.append(f"δ = {deltas}")
+    return parts[0] + (": " + ", ".join(meta) if meta else "")
+
+
+def _coverage_floor(coverage: Any, alpha: float) -> float:
+    """Lower end of the coverage axis: a multiple of 0.05 at least 0.03 below every finite coverage and 1 - α."""
+    import numpy as np
+
+    cov = np.asarray(coverage, dtype=float)
+    finite = cov[np.isfinite(cov)]
+    low = float(finite.min()) if finite.size else 1.0
+    if np.isfinite(alpha):
+        low = min(low, 1.0 - float(alpha))
+    return max(0.0, float(np.floor(round((low - 0.03) / 0.05, 9)) * 0.05))
+
+
+def plot_coverage(
+    report: dict[str, Any],
+    path: Path,
+    *,
+    dataset: str | None = None,
+    alpha: float | None = None,
+    deltas: Any = None,
+) -> None:
+    """Two-panel figure: coverage per group per method with the 1 - α line, and mean set size per group.
+
+    Parameters
+    ----------
+    report : dict
+        ``results.json``'s report: ``methods`` (each with ``group_coverage``, ``group_set_size``,
+        ``marginal_coverage``, ``marginal_set_size``, ``private``), ``groups.names``, ``alpha``,
+        ``set_size_label`` ("interval length" for regression) and ``config`` (the run config).
+    path : pathlib.Path
+        PNG to write.
+    dataset, alpha, deltas : optional
+        Shown in the title; by default read from ``report`` (``alpha``) and ``report["config"]`` (``dataset``,
+        ``outputs-path``, ``deltas``).
+
+    Notes
+    -----
+    The coverage axis starts below the smallest coverage shown (and below 1 - α), so no bar is cut; a group
+    without test points (coverage NaN) is labelled "no test points" instead of being left blank.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = report.get("methods", {})
-    names = list(report.get("groups", {}).get("names") or [])
+    methods = report.get("methods", {}) or {}
+    names = list((report.get("groups") or {}).get("names") or [])
     n_groups = max((len(m.get("group_coverage", [])) for m in methods.values()), default=0)
     if len(names) != n_groups:
         names = [f"G{g + 1}" for g in range(n_groups)]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * max(n_groups, 1) + 0.3 * len(methods), 3.6))
-    width = 0.8 / max(len(methods), 1)
+    alpha_v = _as_float(alpha if alpha is not None else report.get("alpha", (report.get("config") or {}).get("alpha")))
+    size_label = str(report.get("set_size_label") or "set size")
+    n_methods = max(len(methods), 1)
+    cov = np.full((n_methods, n_groups), np.nan)
+    size = np.full((n_methods, n_groups), np.nan)
+    for i, m in enumerate(methods.values()):
+        c = [_as_float(v) for v in m.get("group_coverage", [])]
+        z = [_as_float(v) for v in m.get("group_set_size", [])]
+        cov[i, : len(c)] = c
+        size[i, : len(z)] = z
+    empty = np.all(np.isnan(cov), axis=0) if n_groups else np.zeros(0, dtype=bool)
+
+    y_low = _coverage_floor(cov, alpha_v)
+
+    width = 0.8 / n_methods
+    label_in = 0.1 * max((len(str(n)) for n in names), default=0)  # inches per group the tick labels need
     x = np.arange(n_groups)
+    colors = plt.get_cmap("tab10" if n_methods <= 10 else "tab20")
+    fig, (ax_c, ax_s) = plt.subplots(
+        2, 1, sharex=True, figsize=(1.5 + max(n_groups, 1) * max(0.45 + 0.13 * n_methods, label_in), 6.0),
+        gridspec_kw={"height_ratios": [3, 2]},
+    )
+    finite_size = size[np.isfinite(size)]
+    size_top = float(finite_size.max()) * 1.15 if finite_size.size and finite_size.max() > 0 else 1.0
     for i, (name, m) in enumerate(methods.items()):
-        cov = [float(v) if v is not None else float("nan") for v in m.get("group_coverage", [])]
-        label = name if m.get("private", True) else f"{name} (not private)"
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, cov, width, label=label)
-    alpha = report.get("alpha")
-    if alpha is not None:
-        ax.axhline(1 - float(alpha), color="k", ls="--", lw=1, label=f"1 - α = {1 - float(alpha):g}")
-        ax.set_ylim(max(0.0, 1 - 4 * float(alpha)), 1.02)
-    ax.set_xticks(x)
-    ax.set_xticklabels(names)
-    ax.set_ylabel("coverage")
-    ax.set_title("Per-group coverage")
-    ax.legend(fontsize=7, loc="lower right")
+        private = m.get("private", True)
+        what = "length" if size_label == "interval length" else "size"
+        label = (f"{name}{'' if private else ' (not private)'}: coverage {_fmt(m.get('marginal_coverage'))} %, "
+                 f"{what} {_fmt(m.get('marginal_set_size'), pct=False)}")
+        pos = x + (i - (n_methods - 1) / 2) * width
+        style = {"color": colors(i % colors.N), "hatch": None if private else "//", "edgecolor": "white",
+                 "linewidth": 0.5}
+        ax_c.bar(pos, np.where(np.isfinite(cov[i]), cov[i] - y_low, 0.0), width, bottom=y_low, label=label, **style)
+        shown = np.where(np.isfinite(size[i]), size[i], np.where(np.isinf(size[i]), size_top, 0.0))
+        ax_s.bar(pos, shown, width, **style)
+        for g in range(n_groups):
+            if empty[g]:
+                continue
+            if np.isnan(cov[i, g]):
+                ax_c.text(pos[g], y_low, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
+            elif cov[i, g] <= y_low + 0.01 * (1 - y_low):  # a bar too short to see: say its value
+                ax_c.text(pos[g], y_low, f"{cov[i, g]:.2f}", rotation=90, ha="center", va="bottom", fontsize=6)
+            if np.isinf(size[i, g]):
+                ax_s.text(pos[g], size_top, "∞", ha="center", va="bottom", fontsize=8)
+    for g in np.flatnonzero(empty):
+        for ax, y in ((ax_c, (y_low + 1.0) / 2), (ax_s, size_top / 2)):
+            ax.text(x[g], y, "no test points\nin this group", ha="center", va="center", fontsize=8, color="0.35",
+                    bbox={"boxstyle": "round", "facecolor": "0.95", "edgecolor": "0.7"})
+    if np.isfinite(alpha_v):
+        ax_c.axhline(1 - alpha_v, color="k", ls="--", lw=1.2, label=f"target 1 - α = {1 - alpha_v:g}", zorder=3)
+    ax_c.set_ylim(y_low, 1.0 + 0.02 * (1.0 - y_low) + 0.005)
+    ax_c.set_ylabel("coverage per group")
+    ax_c.grid(axis="y", alpha=0.3)
+    ax_s.set_ylim(0.0, size_top * 1.08)
+    ax_s.set_ylabel(f"mean {size_label}")
+    ax_s.grid(axis="y", alpha=0.3)
+    ax_s.set_xticks(x)
+    ax_s.set_xticklabels([f"{n}\n(empty)" if e else str(n) for n, e in zip(names, empty)])
+    ax_s.set_xlabel("group")
+    ax_c.set_title(_plot_title(report, dataset, alpha, deltas), fontsize=10)
+    handles, labels = ax_c.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False,
+               title="method (marginal)", title_fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=130, bbox_inches="tight")  # "tight" keeps the legend placed outside the axes
     plt.close(fig)
 
 
