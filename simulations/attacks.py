@@ -341,7 +341,7 @@ def identity_claim(method, groups, split, probs, defence: str, attacker: int) ->
     from flwr_gcfcp.flower import ConformalRounds, register_conformal_handlers
     from flwr_gcfcp.flower.inprocess import set_task_identity
 
-    m, strict = _defence(defence)
+    m = _defence(defence)[0]
     victim = (attacker + 1) % N_CLIENTS
     weights = [IDENTITY_WEIGHT if k == victim else 1 for k in range(N_CLIENTS)]
     t0 = time.perf_counter()
@@ -518,14 +518,14 @@ def summarize(records: list[dict]) -> list[dict]:
         )
         reasons = [v for r in recs for c, v in list(r.get("flagged", {}).items()) + list(r.get("excluded", {}).items())]
         row["example_reason"] = reasons[0] if reasons else ""
-        # why the attacker was left out: the distinct reasons with digits masked (they differ per split), one example each
+        # why the attacker was left out: up to 3 distinct reasons (digits masked: they differ per split), one example each
         for what in ("excluded", "flagged"):
             seen: dict[str, str] = {}
             for r in att:
                 why = r.get(what, {}).get(r["attacker"])
                 if why is not None:
                     seen.setdefault("".join("#" if ch.isdigit() else ch for ch in why), why)
-            row[f"attacker_{what}_reasons"] = list(seen.values())
+            row[f"attacker_{what}_reasons"] = list(seen.values())[:3]
         row["benign_excluded_reasons"] = sorted({
             f"{c}: {why}" for r in att for c, why in r.get("excluded", {}).items() if c != r["attacker"]
         })[:2]
