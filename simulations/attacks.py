@@ -4,7 +4,7 @@ Usage::
 
     python -m simulations.attacks [--splits 10] [--seed 0] [--partitions label-skew,dirichlet]
                                   [--methods gcfcp,fedcp,standard,classwise,clustered] [--attacks ...]
-                                  [--defences 0,1,1s] [--out simulations/results] [--data-dir DIR]
+                                  [--defences 0,1,1s] [--out DIR | --update-results] [--data-dir DIR]
 
 ``--defences`` lists ``byzantine_clients`` values; ``Ms`` (e.g. ``1s``) is the strict variant: ``fit_all`` with M,
 then ``fit_all`` again with M on the clients it kept, i.e. leave-M-out over the unflagged clients whatever was
@@ -22,27 +22,34 @@ calibration goes through ``client_payload`` (per client) and ``fit_all(..., byza
 through per-client ``evaluation_counts`` combined by ``aggregate_counts`` with uniform π, once over the benign
 clients' test data (what the robust guarantee covers) and once over all five clients' test data.
 
-Attacks (the attacker's payload; the other four clients are honest):
+Attacks (the attacker's payload; the other four clients are honest). Every payload attack is checked to change the
+attacker's payload (a no-op attack raises):
 
 =====================  ==========================================================================================
 ``none``               no attacker (all five honest)
 ``zeros`` / ``ones``   all calibration scores 0 / 1 (same points, atoms, labels)
 ``noise``              scores uniform on [0, 1]
 ``copy``               an exact copy of the next client's payload
-``inflated_n``         its own points repeated 100 times (n_k x 100)
-``coarse_digest``      digests built at δ = 5 but labelled δ = 250 (validation-level)
-``impossible_atoms``   one atom re-keyed to a membership pattern no point can have (GC-FCP only; validation-level)
-``overflow_counts``    four clusters at score 0 with count 2^62 each: the int64 count sum wraps back to n
+``inflated_n``         its own points repeated 100 times (n_k x 100; a valid δ-digest of them)
+``tiny_n``             a valid payload of its first 3 points (n_k = 3; validation-level)
+``coarse_digest``      valid δ = 5 digests sent under the δ = 250 summary kind (validation-level)
+``impossible_atoms``   the last atom of its digest block re-keyed to a key the setup cannot produce: a membership
+                       pattern outside ``groups.all_patterns()`` (GC-FCP), atom 1 (FedCP), class id >= L
+                       (class-conditional); re-encoded with the library's encoder (validation-level)
+``overflow_counts``    four clusters at the lowest score with count 2^62 each added to one atom; the library's
+                       encoder sums the atom's counts in int64, which wraps back to the atom's honest n_a, so the
+                       payload claims the honest n with 62-bit counts (validation-level)
+``oversized``          its points resampled 100x and sent uncompressed (~10^5 clusters) under the δ = 250 kind
                        (validation-level)
-``oversized``          its points resampled 100x and sent uncompressed (~10^5 clusters) labelled δ = 250
-                       (validation-level)
-``identity_claim``     Flower-round level (the weight bound to a claimed partition id): n/a in-process
-``bad_eval_counts``    evaluation-round level: emulated on ``aggregate_counts`` (covered > n, negative counts,
-                       missing ``n``, ``group_n`` of the wrong length), reported in its own table
+``identity_claim``     the attacker's ClientApp claims the next client's ``partition-id`` (mixture weight 4, the
+                       others 1); run through ``ConformalRounds.aggregate_calibration`` without a grid
+``bad_eval_counts``    evaluation-round counts from one client (covered > n, negative, missing ``n``, ``group_n``
+                       of the wrong length, float counts, a consistent lie that every point is covered) through
+                       ``flower.protocol.validate_counts`` and ``aggregate_counts``; reported in its own table
 =====================  ==========================================================================================
 
-Validation-level attacks only record what today's ``fit_all`` does with them (another change adds that
-validation); a server exception is recorded, not raised. Writes ``attacks.json`` and ``attacks.md``.
+A server exception is recorded, not raised. Each record keeps the clients ``excluded`` (validation, with the reason)
+and ``flagged`` (robust screening, with the reason). Writes ``attacks.json`` and ``attacks.md``.
 """
 
 from __future__ import annotations
@@ -59,18 +66,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from simulations.reproduce import CIFAR10_LOGITS, _data_file, _score_matrix, default_data_dir, load_outputs
+from flwr_gcfcp.core.metrics import to_jsonable
+
+from simulations.reproduce import CIFAR10_LOGITS, _data_file, _score_matrix, default_data_dir, load_outputs, output_dir
 
 ATTACKS = (
-    "none", "zeros", "ones", "noise", "copy", "inflated_n", "coarse_digest", "impossible_atoms", "overflow_counts",
-    "oversized", "identity_claim", "bad_eval_counts",
+    "none", "zeros", "ones", "noise", "copy", "inflated_n", "tiny_n", "coarse_digest", "impossible_atoms",
+    "overflow_counts", "oversized", "identity_claim", "bad_eval_counts",
 )
-VALIDATION_LEVEL = ("coarse_digest", "impossible_atoms", "overflow_counts", "oversized")
+VALIDATION_LEVEL = ("tiny_n", "coarse_digest", "impossible_atoms", "overflow_counts", "oversized")
 PARTITIONS = ("label-skew", "dirichlet")
 METHODS = ("gcfcp", "fedcp", "standard", "classwise", "clustered")
 GROUPS = "0-3;2-5;4-7;6-9"
 N_CLIENTS, N_CAL, ALPHA, DELTA, DIRICHLET = 5, 5000, 0.1, 250.0, 0.5
-COARSE_DELTA, REPEAT = 5.0, 100
+COARSE_DELTA, REPEAT, TINY_N, IDENTITY_WEIGHT = 5.0, 100, 3, 4
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -89,6 +98,7 @@ class Split:
             client = (u[:, None] > np.cumsum(shares[labels], axis=1)).sum(axis=1).clip(max=N_CLIENTS - 1)
         else:
             raise ValueError(f"unknown partition {partition!r}; choose from {', '.join(PARTITIONS)}")
+        self.cal_index = cal
         self.cal_scores = smat[cal, labels[cal]]
         self.cal_labels, self.cal_features, self.cal_client = labels[cal], features[cal], client[cal]
         self.test_smat, self.test_labels = smat[test], labels[test]
@@ -108,57 +118,110 @@ def _payload(cals: dict, scores, features, labels, k: int) -> dict[str, np.ndarr
 
 
 # ---------------------------------------------------------------------------------------------------- attacks
-def _relabel(payload: dict, small: dict, big: dict, claimed_delta: float) -> dict:
-    """A payload built by calibrators ``small`` presented under ``big``'s summary kind and δ."""
+def _relabel(payload: dict, small: dict, big: dict) -> dict:
+    """A payload built by calibrators ``small`` sent under ``big``'s summary kind (δ is fixed by the kind, not sent)."""
     kinds = {s.summary_kind: b.summary_kind for s, b in zip(small.values(), big.values())}
-    out = {}
-    for key, arr in payload.items():
-        kind, field = key.split("/", 1)
-        out[f"{kinds[kind]}/{field}"] = np.array([claimed_delta]) if field == "delta" else arr
-    return out
+    return {f"{kinds[key.split('/', 1)[0]]}/{key.split('/', 1)[1]}": arr for key, arr in payload.items()}
+
+
+def _digest_prefix(payload: dict) -> str:
+    """The first digest block's ``"<kind>/"`` (every digest, class-conditional or set-valued block has ``atoms``)."""
+    prefixes = sorted(k[: -len("atoms")] for k in payload if k.endswith("/atoms"))
+    if not prefixes:
+        raise ValueError(f"payload has no digest block: {sorted(payload)}")
+    return prefixes[0]
+
+
+def _decode(payload: dict, pre: str):
+    """The honest digest block under ``pre`` as a :class:`~flwr_gcfcp.core.summaries.DigestSummary` (δ = DELTA)."""
+    from flwr_gcfcp.core.summaries import DigestSummary
+
+    return DigestSummary.from_arrays({k[len(pre):]: v for k, v in payload.items() if k.startswith(pre)}, DELTA)
+
+
+def _encode(payload: dict, pre: str, summary) -> dict:
+    """``payload`` with the digest block under ``pre`` replaced by ``summary``'s encoding (the library's encoder);
+    other fields of the block (a class-conditional ``head``: n, L) are kept."""
+    return dict(payload, **{pre + k: v for k, v in summary.to_arrays().items()})
 
 
 def _overflow(payload: dict) -> dict:
-    """Prepend four clusters at score 0 with count 2^62 to the first atom / class: the int64 sum wraps to n."""
-    out = dict(payload)
-    huge = np.full(4, 2**62, dtype=np.int64)
-    prefixes = {k.rsplit("/", 1)[0] for k in payload if k.endswith("/means")}
-    for pre in prefixes:
-        means = np.asarray(payload[f"{pre}/means"], dtype=np.float64)
-        out[f"{pre}/means"] = np.concatenate([np.zeros(4), means])
-        off = np.asarray(payload[f"{pre}/offsets"], dtype=np.int64).copy()
-        off[1:] += 4
-        out[f"{pre}/offsets"] = off
-        if f"{pre}/counts" in payload:  # DigestSummary: counts plus paper weights count · λ
-            lam = float(np.asarray(payload[f"{pre}/lam"])[0])
-            out[f"{pre}/counts"] = np.concatenate([huge, np.asarray(payload[f"{pre}/counts"], dtype=np.int64)])
-            out[f"{pre}/weights"] = np.concatenate([huge * lam, np.asarray(payload[f"{pre}/weights"], dtype=np.float64)])
-        else:  # class-conditional parts: integer weights
-            out[f"{pre}/weights"] = np.concatenate([huge, np.asarray(payload[f"{pre}/weights"], dtype=np.int64)])
-        break  # one block is enough
+    """Four clusters at the lowest score with count 2^62 each, added to one atom of the first digest block.
+
+    The library's own encoder sums the atom's counts in int64 (``encode_digest_blocks``): 4 · 2^62 wraps to 0, so
+    the encoded atom claims exactly its honest number of points n_a, with counts of 62 bits (the format's widths go
+    to 63 bits). This is the old wrap-around takeover expressed in the compact format; the server's checks
+    (count width <= bit_length(n_a - 1), exact sums, δ structure) must refuse it.
+    """
+    from flwr_gcfcp.core.summaries import DigestSummary
+
+    pre = _digest_prefix(payload)
+    d = _decode(payload, pre)
+    sizes = np.diff(d.offsets)
+    points = np.add.reduceat(d.counts, d.offsets[:-1])
+    i = int(np.argmax(np.minimum(points, math.floor(DELTA) + 2) - sizes))  # the atom with most room for clusters
+    at = int(d.offsets[i])
+    low = min(0.0, float(d.means[at]))
+    tampered = DigestSummary(
+        n=d.n, delta=d.delta, atom_keys=d.atom_keys,
+        offsets=np.concatenate([d.offsets[: i + 1], d.offsets[i + 1:] + 4]),
+        means=np.insert(d.means, at, np.full(4, low)),
+        counts=np.insert(d.counts, at, np.full(4, 2**62, dtype=np.int64)),
+    )
+    out = _encode(payload, pre, tampered)
+    claimed = np.asarray(out[pre + "atoms"], dtype=np.int64)[1]
+    if not np.array_equal(claimed, points):  # the wrap-around is the point of the attack
+        raise RuntimeError(f"overflow attack: encoded points {claimed.tolist()} != honest {points.tolist()}")
     return out
 
 
-def _impossible(payload: dict, groups) -> dict | None:
-    from flwr_gcfcp.core.groups import pattern_keys
+def _impossible(payload: dict, cal, groups) -> dict:
+    """One atom of the first digest block re-keyed to a key the server's setup cannot produce: a membership pattern
+    outside ``groups.all_patterns()`` (GC-FCP), atom 1 (FedCP's one atom is 0), a class id >= L (class-conditional)."""
+    from flwr_gcfcp.core.summaries import DigestSummary, allowed_atom_keys
 
-    keys_field = [k for k in payload if k.endswith("/atom_keys")]
-    if not keys_field or groups is None:
-        return None
-    valid = set(pattern_keys(groups.all_patterns()).tolist())
-    out = dict(payload)
-    for field in keys_field:
-        keys = np.asarray(payload[field], dtype=np.int64).copy()
-        if keys.size == 0 or set(keys.tolist()) <= {0}:
-            return None
-        bad = next(k for k in range(1, 2**groups.n_groups) if k not in valid and k not in keys)
-        keys[-1] = bad
-        out[field] = keys
-    return out
+    pre = _digest_prefix(payload)
+    d = _decode(payload, pre)
+    if f"{pre}head" in payload:  # class-conditional block: keys part · L + class, parts = 2 for clustered
+        head = np.asarray(payload[f"{pre}head"], dtype=np.int64)
+        allowed = (2 if cal.summary_kind.startswith("ccclust") else 1) * int(head[1])
+    else:
+        allowed = allowed_atom_keys(cal.groups)
+    if isinstance(allowed, (int, np.integer)):
+        bad = int(allowed)
+    else:
+        bad = next(k for k in range(2**62) if k not in set(allowed.tolist()) | set(d.atom_keys.tolist()))
+    keys = d.atom_keys.copy()
+    keys[-1] = bad  # the last atom's points now claim the impossible key
+    order = np.argsort(keys, kind="stable")
+    blocks = [(d.means[d.offsets[j]: d.offsets[j + 1]], d.counts[d.offsets[j]: d.offsets[j + 1]]) for j in order]
+    tampered = DigestSummary(
+        n=d.n, delta=d.delta, atom_keys=keys[order],
+        offsets=np.concatenate([[0], np.cumsum([m.size for m, _ in blocks])]).astype(np.int64),
+        means=np.concatenate([m for m, _ in blocks]), counts=np.concatenate([c for _, c in blocks]),
+    )
+    return _encode(payload, pre, tampered)
 
 
-def attack_payload(attack: str, method: str, groups, split: Split, honest: dict, attacker: int, rng) -> dict | None:
-    """The attacker's payload under ``attack`` (None: the attack does not apply to this method)."""
+def _changed(a: dict, b: dict) -> bool:
+    """Whether two payloads differ in any key, dtype, shape or value."""
+    if a.keys() != b.keys():
+        return True
+    return any(
+        np.asarray(a[k]).dtype != np.asarray(b[k]).dtype or not np.array_equal(np.asarray(a[k]), np.asarray(b[k]))
+        for k in a
+    )
+
+
+def attack_payload(attack: str, method: str, groups, split: Split, honest: dict, attacker: int, rng) -> dict:
+    """The attacker's payload under ``attack``; raises if it equals the attacker's honest payload (a no-op attack)."""
+    bad = _attack_payload(attack, method, groups, split, honest, attacker, rng)
+    if not _changed(bad, honest[str(attacker)]):
+        raise RuntimeError(f"attack {attack!r} on {method} left client {attacker}'s payload unchanged")
+    return bad
+
+
+def _attack_payload(attack: str, method: str, groups, split: Split, honest: dict, attacker: int, rng) -> dict:
     cals = _make(method, groups)
     idx = np.flatnonzero(split.cal_client == attacker)
     s, f, y = split.cal_scores[idx], split.cal_features[idx], split.cal_labels[idx]
@@ -172,18 +235,20 @@ def attack_payload(attack: str, method: str, groups, split: Split, honest: dict,
         return dict(honest[str((attacker + 1) % N_CLIENTS)])
     if attack == "inflated_n":
         return _payload(cals, np.tile(s, REPEAT), np.tile(f, REPEAT), np.tile(y, REPEAT), attacker)
+    if attack == "tiny_n":
+        return _payload(cals, s[:TINY_N], f[:TINY_N], y[:TINY_N], attacker)
     if attack == "coarse_digest":
         small = _make(method, groups, COARSE_DELTA)
-        return _relabel(_payload(small, s, f, y, attacker), small, cals, DELTA)
+        return _relabel(_payload(small, s, f, y, attacker), small, cals)
     if attack == "oversized":
         big = _make(method, groups, 1e9)  # every distinct point its own cluster
         pick = rng.integers(0, idx.size, idx.size * REPEAT)
         jitter = rng.uniform(0, 1e-9, pick.size)
-        return _relabel(_payload(big, np.clip(s[pick] + jitter, 0, 1), f[pick], y[pick], attacker), big, cals, DELTA)
+        return _relabel(_payload(big, np.clip(s[pick] + jitter, 0, 1), f[pick], y[pick], attacker), big, cals)
     if attack == "overflow_counts":
         return _overflow(honest[str(attacker)])
     if attack == "impossible_atoms":
-        return _impossible(honest[str(attacker)], groups)
+        return _impossible(honest[str(attacker)], next(iter(cals.values())), groups)
     raise ValueError(f"unknown attack {attack!r}")
 
 
@@ -216,6 +281,18 @@ def _defence(label: str) -> tuple[int, bool]:
     return int(digits), strict
 
 
+def _evaluated(fitted, split: Split, groups, attacker: int, attack: str) -> dict:
+    """Coverage and size of a fitted calibrator on the benign clients' and on all clients' test data."""
+    benign = [k for k in range(N_CLIENTS) if attack == "none" or k != attacker]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {"benign": _evaluate(fitted, split, groups, benign),
+                    "all": _evaluate(fitted, split, groups, range(N_CLIENTS))}
+    except Exception as err:
+        return {"crash": f"prediction: {type(err).__name__}: {err}"[:300]}
+
+
 def run_case(method, groups, split, payloads, defence: str, attacker, attack) -> dict:
     """Fit one method on the payloads under ``defence`` (see :func:`_defence`) and evaluate; exceptions are recorded."""
     from flwr_gcfcp.methods import fit_all
@@ -228,36 +305,88 @@ def run_case(method, groups, split, payloads, defence: str, attacker, attack) ->
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             report = fit_all(cals, payloads, byzantine_clients=m)
-            flagged = dict(report.flagged)
+            flagged, excluded = dict(report.flagged), dict(report.excluded)
             if strict and m > 0:
                 cals = _make(method, groups)
                 report = fit_all(cals, {c: payloads[c] for c in report.used}, byzantine_clients=m)
                 flagged.update({c: f"second screening: {why}" for c, why in report.flagged.items()})
+                excluded.update(report.excluded)
     except Exception as err:  # a server crash is a finding, not the end of the suite
         return {"crash": f"{type(err).__name__}: {err}"[:300], "fit_s": time.perf_counter() - t0}
     fit_s = time.perf_counter() - t0
     out: dict[str, Any] = {
         "fit_s": fit_s,
-        "excluded": dict(report.excluded),
+        "excluded": excluded,
         "flagged": flagged,
         "failed": dict(report.failed_methods),
     }
     if name in report.failed_methods:
         return out
-    benign = [k for k in range(N_CLIENTS) if attack == "none" or k != attacker]
+    out.update(_evaluated(report.calibrators[name], split, groups, attacker, attack))
+    return out
+
+
+NODE_BASE = 100  # node id of client k in the identity emulation: NODE_BASE + k
+
+
+def identity_claim(method, groups, split, probs, defence: str, attacker: int) -> dict:
+    """The attacker claims the next client's ``partition-id`` (the one with mixture weight ``IDENTITY_WEIGHT``, the
+    others 1), through the server's own calibration step without a grid.
+
+    Each client's real ``ClientApp`` (``register_conformal_handlers``) answers ``ConformalRounds.configure_calibration``
+    from its calibration probabilities; ``ConformalRounds.aggregate_calibration`` binds weights and fits. A server
+    that refuses the defence (``byzantine_clients > 0``) is recorded as ``"na"`` with its reason.
+    """
+    from flwr.app import ArrayRecord, Context, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from flwr_gcfcp.flower import ConformalRounds, register_conformal_handlers
+    from flwr_gcfcp.flower.inprocess import set_task_identity
+
+    m = _defence(defence)[0]
+    victim = (attacker + 1) % N_CLIENTS
+    weights = [IDENTITY_WEIGHT if k == victim else 1 for k in range(N_CLIENTS)]
+    t0 = time.perf_counter()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out["benign"] = _evaluate(report.calibrators[name], split, groups, benign)
-            out["all"] = _evaluate(report.calibrators[name], split, groups, range(N_CLIENTS))
-    except Exception as err:
-        out["crash"] = f"prediction: {type(err).__name__}: {err}"[:300]
+        steps = ConformalRounds(alpha=ALPHA, groups=GROUPS, methods=method, deltas=(DELTA,), n_classes=probs.shape[1],
+                                mixture_weights=weights, timeout=600, min_clients=1, byzantine_clients=m, plot=False)
+    except (ValueError, NotImplementedError) as err:
+        return {"na": f"{type(err).__name__}: {err}"[:300], "fit_s": 0.0}
+    set_task_identity()
+    nodes = [NODE_BASE + k for k in range(N_CLIENTS)]
+
+    def outputs(arrays, context, which):
+        idx = np.flatnonzero(split.cal_client == int(context.node_id) - NODE_BASE)
+        return probs[split.cal_index[idx]], split.cal_labels[idx]
+
+    app = register_conformal_handlers(ClientApp(), outputs)
+    contexts = {
+        nid: Context(run_id=1, node_id=nid, node_config={"partition-id": victim if k == attacker else k},
+                     state=RecordDict(), run_config={})
+        for k, nid in enumerate(nodes)
+    }
+    sent = steps.configure_calibration(ArrayRecord(), nodes)
+    for i, msg in enumerate(sent):
+        msg.metadata.__dict__["_message_id"] = f"attack-{msg.metadata.dst_node_id}-{i}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outcome = steps.aggregate_calibration(sent, [app(msg, contexts[int(msg.metadata.dst_node_id)]) for msg in sent])
+    out: dict[str, Any] = {
+        "fit_s": time.perf_counter() - t0,
+        "excluded": {str(int(nid) - NODE_BASE): e["reason"] for nid, e in outcome.excluded.items()},
+        "flagged": {},
+        "failed": dict(outcome.failed_methods),
+    }
+    if outcome.calibrators:
+        out.update(_evaluated(next(iter(outcome.calibrators.values())), split, groups, attacker, "identity_claim"))
     return out
 
 
 def bad_eval_counts(method, groups, split, honest, attacker) -> dict[str, str]:
-    """Emulate the evaluation-round attacks on ``aggregate_counts``: what a server gets from each bad report."""
+    """Evaluation-round attacks: one client's counts go through the server's ``validate_counts`` (as
+    ``ConformalRounds.aggregate_evaluation`` does), then ``aggregate_counts`` over the clients it accepted."""
     from flwr_gcfcp.core import metrics
+    from flwr_gcfcp.flower.protocol import ProtocolError, validate_counts
     from flwr_gcfcp.methods import fit_all
 
     cals = _make(method, groups)
@@ -277,15 +406,30 @@ def bad_eval_counts(method, groups, split, honest, attacker) -> dict[str, str]:
         "negative counts": dict(good, covered=-good["n"], group_covered=-good["group_n"]),
         "missing n": {k: v for k, v in good.items() if k != "n"},
         "group_n wrong length": dict(good, group_n=good["group_n"][:-1]),
+        "float counts": dict(good, covered=good["covered"].astype(np.float64) + 0.5),
+        "all covered (consistent lie)": dict(good, covered=good["n"], group_covered=good["group_n"],
+                                             class_covered=good["class_n"]),
     }
     out = {}
     for label, bad in variants.items():
+        if not _changed(bad, good):
+            raise RuntimeError(f"evaluation attack {label!r} left client {attacker}'s counts unchanged")
+        reports = dict(counts, **{str(attacker): bad})
+        accepted, verdict = {}, "accepted"
+        for cid, rep in reports.items():
+            try:
+                accepted[cid] = validate_counts(rep, n_groups=groups.n_groups, n_labels=split.test_smat.shape[1])
+            except ProtocolError as err:
+                if cid != str(attacker):
+                    raise RuntimeError(f"an honest client's counts were refused: {err}") from err
+                verdict = f"excluded: {err}"
         try:
-            agg = metrics.aggregate_counts(dict(counts, **{str(attacker): bad}))
+            agg = metrics.aggregate_counts(accepted)
             cov = np.asarray(agg["group_coverage"], dtype=float)
-            out[label] = f"accepted: marginal {agg['marginal_coverage']:.3f}, groups {np.round(cov, 3).tolist()}"
-        except Exception as err:
-            out[label] = f"{'rejected' if isinstance(err, ValueError) else 'crash'}: {type(err).__name__}: {err}"[:200]
+            out[label] = (f"{verdict}; server reports marginal {agg['marginal_coverage']:.3f}, groups "
+                          f"{np.round(cov, 3).tolist()} from {len(accepted)} clients")[:300]
+        except Exception as err:  # a crash after validation is a finding
+            out[label] = f"{verdict}; crash: {type(err).__name__}: {err}"[:300]
     return out
 
 
@@ -315,6 +459,11 @@ def run_suite(
                     honest[str(k)] = _payload(cals, split.cal_scores[idx], split.cal_features[idx], split.cal_labels[idx], k)
                 for attack in attacks:
                     if attack == "identity_claim":
+                        for defence in defences:
+                            rec = identity_claim(method, groups, split, probs, defence, attacker)
+                            rec.update(partition=partition, split=r, method=method, attack=attack, defence=defence,
+                                       attacker=str(attacker))
+                            records.append(rec)
                         continue
                     if attack == "bad_eval_counts":
                         if r == 0:
@@ -324,8 +473,6 @@ def run_suite(
                         payloads = honest
                     else:
                         bad = attack_payload(attack, method, groups, split, honest, attacker, rng)
-                        if bad is None:
-                            continue
                         payloads = dict(honest, **{str(attacker): bad})
                     for defence in defences:
                         rec = run_case(method, groups, split, payloads, defence, attacker, attack)
@@ -361,6 +508,7 @@ def summarize(records: list[dict]) -> list[dict]:
                 row[f"marginal_coverage_{part}"] = float(np.mean([r[part]["marginal_coverage"] for r in ok]))
                 row[f"mean_set_size_{part}"] = float(np.mean([r[part]["set_size"] for r in ok]))
         row["fitted_splits"] = len(ok)
+        row["na"] = sorted({r["na"] for r in recs if "na" in r})
         row["crashes"] = sorted({r["crash"] for r in recs if "crash" in r})
         row["failed"] = sorted({v for r in recs for v in r.get("failed", {}).values()})[:3]
         att = [r for r in recs if r["attacker"] is not None]
@@ -372,6 +520,17 @@ def summarize(records: list[dict]) -> list[dict]:
         )
         reasons = [v for r in recs for c, v in list(r.get("flagged", {}).items()) + list(r.get("excluded", {}).items())]
         row["example_reason"] = reasons[0] if reasons else ""
+        # why the attacker was left out: up to 3 distinct reasons (digits masked: they differ per split), one example each
+        for what in ("excluded", "flagged"):
+            seen: dict[str, str] = {}
+            for r in att:
+                why = r.get(what, {}).get(r["attacker"])
+                if why is not None:
+                    seen.setdefault("".join("#" if ch.isdigit() else ch for ch in why), why)
+            row[f"attacker_{what}_reasons"] = list(seen.values())[:3]
+        row["benign_excluded_reasons"] = sorted({
+            f"{c}: {why}" for r in att for c, why in r.get("excluded", {}).items() if c != r["attacker"]
+        })[:2]
         row["fit_s"] = float(np.mean([r["fit_s"] for r in recs]))
         rows.append(row)
     return rows
@@ -389,6 +548,8 @@ def _caught(rec: dict) -> set[str]:
 def _fmt(row: dict | None, key: str, digits: int = 3) -> str:
     if row is None:
         return "-"
+    if row.get("na") and not row.get("fitted_splits"):
+        return "n/a"
     if row.get("crashes") and not row.get("fitted_splits"):
         return "crash"
     v = row.get(key)
@@ -411,9 +572,13 @@ def markdown(result: dict, command: str, defences: Sequence[str]) -> str:
         "attacker or its twin, one identical copy being kept) / excluded by "
         "validation; `benign out`: benign clients flagged or excluded, summed over splits (false exclusions). "
         "`M` = `byzantine_clients` (`Ms`: the strict variant, see docs/robustness.md).\n",
-        "Validation-level attacks (coarse digest, impossible atoms, overflow counts, oversized) only record what "
-        "today's `fit_all` does; `identity_claim` is Flower-round level (n/a in-process); `bad_eval_counts` is in "
-        "its own table below.\n",
+        "Validation-level attacks (tiny n, coarse digest, impossible atoms, overflow counts, oversized) are built "
+        "with the library's encoder (docs/wire_format.md) and go through `fit_all`'s validation (default "
+        "`PayloadLimits`); `identity_claim` goes through the server's `ConformalRounds.aggregate_calibration` "
+        "(the attacker's real ClientApp claims the next client's `partition-id`, whose mixture weight is "
+        f"{IDENTITY_WEIGHT}, the others 1; coverage columns still on the uniform mixture); `n/a`: the server refused "
+        "the defence (reason below). `bad_eval_counts` is in its own table below. The reasons the attacker was "
+        "excluded or flagged follow each partition's table.\n",
     ]
     out += _headline(index, s, defences)
     for partition in s["partitions"]:
@@ -428,9 +593,6 @@ def markdown(result: dict, command: str, defences: Sequence[str]) -> str:
         out += [head, sep]
         for method in s["methods"]:
             for attack in s["attacks"]:
-                if attack == "identity_claim":
-                    out.append(f"| {method} | identity_claim | n/a in-process |" + " |" * (4 * len(defences) + 2) + " |")
-                    continue
                 cells = [index.get((partition, method, attack, m)) for m in defences]
                 if all(c is None for c in cells):
                     continue
@@ -439,7 +601,8 @@ def markdown(result: dict, command: str, defences: Sequence[str]) -> str:
                     line += (f" {_fmt(c, 'worst_group_coverage_benign')} / {_fmt(c, 'worst_group_coverage_all')} |"
                              f" {_fmt(c, 'marginal_coverage_benign')} | {_fmt(c, 'worst_class_coverage_benign')} |"
                              f" {_fmt(c, 'mean_set_size_benign', 2)} |")
-                robust = next((c for d, c in zip(defences, cells) if _defence(d)[0] > 0 and c is not None), None)
+                robust = next((c for d, c in zip(defences, cells)
+                               if _defence(d)[0] > 0 and c is not None and not (c["na"] and not c["fitted_splits"])), None)
                 plain = cells[0]
                 n_att = "-" if attack == "none" else str((robust or plain)["splits"])
                 flagged = "-" if robust is None or attack == "none" else f"{robust['attacker_flagged']}/{n_att}"
@@ -448,6 +611,7 @@ def markdown(result: dict, command: str, defences: Sequence[str]) -> str:
                     f"{robust['benign_excluded_or_flagged']}" if robust else "-")
                 line += f" {flagged} | {excl} | {benign} | {_fmt(robust, 'fit_s', 2)} |"
                 out.append(line)
+        out += _reasons(rows, partition, s)
         crashes = sorted({(r["method"], r["attack"], c) for r in rows if r["partition"] == partition for c in r["crashes"]})
         if crashes:
             out.append("\nServer exceptions (recorded, not raised):\n")
@@ -457,7 +621,8 @@ def markdown(result: dict, command: str, defences: Sequence[str]) -> str:
             out.append("\nMethods that failed to fit (reported in `failed_methods`):\n")
             out += [f"- {m} / {a} / M={mm}: {f}" for m, a, mm, f in fails]
     if result["evaluation_attacks"]:
-        out.append("\n## Evaluation round: bad counts from one client (emulated on `aggregate_counts`, split 0)\n")
+        out.append("\n## Evaluation round: bad counts from one client (split 0; the server's `validate_counts`, then "
+                   "`aggregate_counts` over the clients it accepted)\n")
         out += ["| partition | method | report | what the server gets |", "|---|---|---|---|"]
         for partition, per in result["evaluation_attacks"].items():
             for method, variants in per.items():
@@ -467,6 +632,27 @@ def markdown(result: dict, command: str, defences: Sequence[str]) -> str:
     if reasons:
         out.append("\nExample reason (robust screening): " + next((x for x in reasons if "Kolmogorov" in x), reasons[0]))
     return "\n".join(out) + "\n"
+
+
+def _reasons(rows: list[dict], partition: str, s: dict) -> list[str]:
+    """Per method and attack: why the attacker was excluded (validation) or flagged (screening), one example per
+    distinct reason; benign clients excluded with it; defences the server refused."""
+    out = []
+    for method in s["methods"]:
+        for attack in s["attacks"]:
+            cells = [r for r in rows if (r["partition"], r["method"], r["attack"]) == (partition, method, attack)]
+            if not cells or attack == "none":
+                continue
+            lines = []
+            for what in ("excluded", "flagged"):
+                for d in sorted({d for c in cells for d in c.get(f"attacker_{what}_reasons", [])}):
+                    ms = ",".join(c["defence"] for c in cells if d in c.get(f"attacker_{what}_reasons", []))
+                    lines.append(f"{what} (M={ms}): {d}")
+            lines += [f"benign client excluded too: {d}" for d in sorted({d for c in cells for d in c["benign_excluded_reasons"]})]
+            lines += [f"M={c['defence']}: {d}" for c in cells for d in c["na"]]
+            if lines:
+                out.append(f"- **{method} / {attack}**: " + "; ".join(f"`{x}`" for x in lines))
+    return ["\nWhy the attacker was left out (one example per distinct reason):\n", *out] if out else []
 
 
 def _headline(index: dict, s: dict, defences: Sequence[str]) -> list[str]:
@@ -520,7 +706,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--defences", default="0,1,1s", help="byzantine_clients values, comma-separated ('1s': strict)")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--out", default=None,
+                        help="output folder (default results/simulations/ at the repository root, untracked)")
+    parser.add_argument("--update-results", action="store_true",
+                        help="write the committed copies in simulations/results/")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -546,9 +735,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "delta": DELTA, "groups": GROUPS, "dirichlet_concentration": DIRICHLET, "wall_s": time.perf_counter() - t0,
     }
     result["command"] = command
-    out = Path(args.out)
+    try:
+        out = output_dir(args.out, args.update_results)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
-    from flwr_gcfcp.core.metrics import to_jsonable
 
     payload = _rounded(to_jsonable({k: v for k, v in result.items() if k != "records"}))
     (out / "attacks.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")

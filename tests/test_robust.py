@@ -224,7 +224,8 @@ def test_score_distances_account_for_sampling():
 
 
 def test_attack_suite_smoke_on_synthetic_outputs():
-    """simulations.attacks end to end on synthetic model outputs (no data file): tables build, attacker flagged."""
+    """simulations.attacks end to end on synthetic model outputs (no data file): tables build, the poisoned client
+    is flagged, every validation-level attack is excluded by validation with its reason."""
     from simulations import attacks
 
     rng = np.random.default_rng(8)
@@ -232,19 +233,66 @@ def test_attack_suite_smoke_on_synthetic_outputs():
     logits = rng.normal(0, 1, (6000, 10))
     logits[np.arange(6000), labels] += 3.0
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    names = ["none", "zeros", *attacks.VALIDATION_LEVEL, "identity_claim"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = attacks.run_suite(probs, labels, 1, 0, ["label-skew"], ["gcfcp"], ["none", "zeros", "overflow_counts"],
-                                   ["0", "1"], progress=False)
+        result = attacks.run_suite(probs, labels, 1, 0, ["label-skew"], ["gcfcp"], names, ["0", "1"], progress=False)
     rows = {(r["attack"], r["byzantine_clients"]): r for r in attacks.summarize(result["records"])}
     assert rows[("zeros", 1)]["attacker_flagged"] == 1 and rows[("zeros", 0)]["attacker_flagged"] == 0
     assert rows[("none", 1)]["benign_excluded_or_flagged"] == 0
     assert rows[("zeros", 1)]["worst_group_coverage_benign"] > rows[("zeros", 0)]["worst_group_coverage_all"]
+    expected = {
+        "tiny_n": "n_k = 3 calibration points is below the minimum 9",
+        "coarse_digest": "is not a valid δ = 250 digest",
+        "impossible_atoms": "are not membership patterns the groups can produce",
+        "overflow_counts": "count bit widths in 'atoms' are wider than the atoms' point counts need",
+        "oversized": "a δ = 250 digest has at most min(points, floor(δ) + 2) = 252",
+    }
+    assert set(expected) == set(attacks.VALIDATION_LEVEL)
+    for attack, reason in expected.items():
+        for m in (0, 1):
+            row = rows[(attack, m)]
+            assert row["attacker_excluded"] == 1 and row["attacker_flagged"] == 0, (attack, m)
+            [why] = row["attacker_excluded_reasons"]
+            assert why.startswith("malformed payload: ") and reason in why, (attack, why)
+            assert row["benign_excluded_or_flagged"] == 0 and row["fitted_splits"] == 1
+    # identity: the server excludes both claimants of the partition id (the victim too) and fits on the others
+    ident = rows[("identity_claim", 0)]
+    assert ident["attacker_excluded"] == 1 and ident["benign_excluded_or_flagged"] == 1 and ident["fitted_splits"] == 1
+    assert "duplicate identity: partition-id 1" in ident["attacker_excluded_reasons"][0]
     result["summary"] = list(rows.values())
-    result["settings"] = {"splits": 1, "partitions": ["label-skew"], "methods": ["gcfcp"],
-                          "attacks": ["none", "zeros", "overflow_counts"]}
+    result["settings"] = {"splits": 1, "partitions": ["label-skew"], "methods": ["gcfcp"], "attacks": names}
     text = attacks.markdown(result, "test", ["0", "1"])
-    assert "| gcfcp | zeros |" in text and "## Headline" in text
+    assert "| gcfcp | zeros |" in text and "## Headline" in text and "count bit widths" in text
+
+
+def test_attack_payloads_change_the_payload_and_overflow_wraps():
+    """Each payload attack differs from the honest payload; the overflow payload claims the honest n (int64 wrap)."""
+    from flwr_gcfcp.core.summaries import PayloadError, decode_digest_blocks
+    from simulations import attacks
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 10, 10000)
+    probs = rng.dirichlet(np.ones(10), size=10000)
+    groups = parse_groups(attacks.GROUPS, n_labels=10)
+    split = attacks.Split(attacks._score_matrix(probs), labels, np.argmax(probs, axis=1), rng, "label-skew")
+    for method in ("gcfcp", "fedcp", "classwise", "clustered"):
+        cals = attacks._make(method, groups)
+        honest = {}
+        for k in range(attacks.N_CLIENTS):
+            idx = np.flatnonzero(split.cal_client == k)
+            honest[str(k)] = attacks._payload(cals, split.cal_scores[idx], split.cal_features[idx], split.cal_labels[idx], k)
+        for attack in ("zeros", "copy", "inflated_n", *attacks.VALIDATION_LEVEL):
+            bad = attacks.attack_payload(attack, method, groups, split, honest, 2, rng)
+            assert attacks._changed(bad, honest["2"]), (method, attack)
+        bad = attacks.attack_payload("overflow_counts", method, groups, split, honest, 2, rng)
+        pre = attacks._digest_prefix(bad)
+        atoms = np.asarray(bad[pre + "atoms"], dtype=np.int64)
+        assert np.array_equal(atoms[1], np.asarray(honest["2"][pre + "atoms"], dtype=np.int64)[1])
+        assert atoms[4].max() == 62  # 2**62 - 1 in 62 bits: the counts the old int64 sum wrapped
+        with pytest.raises(PayloadError, match="count bit widths"):
+            decode_digest_blocks({k[len(pre):]: v for k, v in bad.items() if k.startswith(pre)}, 250.0, None)
+    assert not attacks._changed(honest["2"], dict(honest["2"]))
 
 
 def test_clustered_subsets_count_clusters_on_present_classes():

@@ -312,7 +312,8 @@ def _present_class_heuristic(summaries: Sequence[Mapping[str, np.ndarray]], alph
             off = np.asarray(s[f"{part}/offsets"], dtype=np.int64)
             counts = counts + (cum[off[1:]] - cum[off[:-1]])
     present = np.asarray(counts)[np.asarray(counts) > 0]
-    return clustering_heuristic(present, alpha)[1] if present.size else 1
+    # M <= 1 means the null cluster (standard threshold); 1 is its smallest valid spelling as n_clusters
+    return max(1, clustering_heuristic(present, alpha)[1]) if present.size else 1
 
 
 def _combine_labels(cal, fits) -> None:
