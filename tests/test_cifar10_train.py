@@ -42,13 +42,13 @@ def _write_jpeg_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> list[
 
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):
-    """A data folder laid out like the shared one: 10 classes, 7 training JPEGs and 8 test images per class."""
+    """A data folder laid out like the shared one: 10 classes, 7 training JPEGs and 10 test images per class."""
     root = tmp_path_factory.mktemp("shared")
     (root / "cifar10").mkdir()
     train_labels = np.tile(np.arange(10), 7)[np.random.default_rng(1).permutation(70)]
     chunks = _write_jpeg_npz(root / D.CIFAR10_TRAIN_FILE, _images(70, 0), train_labels)
-    test_labels = np.repeat(np.arange(10), 8)[np.random.default_rng(2).permutation(80)]
-    np.savez(root / D.CIFAR10_TEST_FILE, images=_images(80, 3), labels=test_labels)
+    test_labels = np.repeat(np.arange(10), 10)[np.random.default_rng(2).permutation(100)]
+    np.savez(root / D.CIFAR10_TEST_FILE, images=_images(100, 3), labels=test_labels)
     return {"root": root, "train_labels": train_labels, "test_labels": test_labels, "chunks": chunks}
 
 
@@ -102,10 +102,10 @@ def test_client_splits_brute_force(cifar_dir):
         assert set(cifar_dir["train_labels"][s.train_rows]) <= set(classes)
         np.testing.assert_array_equal(s.y_train, cifar_dir["train_labels"][s.train_rows])
         np.testing.assert_array_equal(s.x_train[0], _decode(cifar_dir["chunks"][s.train_rows[0]]))
-        # held-out rows: every test image of the client's classes, split 4 calibration / 12 test, disjoint
+        # held-out rows: every test image of the client's classes, split 5 calibration / 15 test, disjoint
         held = np.flatnonzero(np.isin(cifar_dir["test_labels"], classes))
         assert sorted([*s.cal_rows, *s.test_rows]) == sorted(held)
-        assert len(s.cal_rows) == 4 and len(s.test_rows) == 12
+        assert len(s.cal_rows) == 5 and len(s.test_rows) == 15
         np.testing.assert_array_equal(s.x_cal, test_images[s.cal_rows])
         np.testing.assert_array_equal(s.y_test, cifar_dir["test_labels"][s.test_rows])
     # the same seed gives the same splits; one client alone equals its entry; another seed reshuffles
@@ -253,7 +253,7 @@ def test_preset_file_has_the_script_keys():
     assert cfg["model"] == "resnet20-pretrained" and cfg["client-classes"] == "0,1;2,3;4,5;6,7;8,9"
 
 
-@pytest.mark.filterwarnings("ignore::flwr_gcfcp.core.validation.InsufficientDataWarning")  # 8 calibration images
+@pytest.mark.filterwarnings("ignore::flwr_gcfcp.core.validation.InsufficientDataWarning")  # 10 calibration images
 def test_preset_runs_in_process_on_generated_files(cifar_dir, tmp_path, capsys):
     from simulations.cifar10_fedavg import main
 
@@ -265,7 +265,7 @@ def test_preset_runs_in_process_on_generated_files(cifar_dir, tmp_path, capsys):
     assert [r["round"] for r in report["rounds"]] == [0, 1]
     assert report["accuracy_before"] == report["rounds"][0]["accuracy"]
     assert report["accuracy_after"] == report["rounds"][1]["accuracy"]
-    assert report["rounds"][0]["n"] == 40  # half of every client's 16 held-out images test
+    assert report["rounds"][0]["n"] == 50  # half of every client's 20 held-out images test (10 calibrate: >= 9)
     assert [c["train"] for c in report["clients"]] == [6] * 5
     names = {"split_cp", "fedcp", "condcp", "centralized_gcfcp", "gcfcp_delta250"}
     assert set(report["methods"]) == names
