@@ -121,18 +121,19 @@ def _adj_det(m: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def independent_rows(rows: np.ndarray, order) -> list[int]:
-    """Greedy maximal set of linearly independent rows (exact rational elimination), visiting ``order``."""
-    basis: list[tuple[int, list[Fraction]]] = []  # (pivot column, reduced row)
+    """Greedy maximal set of linearly independent integer rows (exact fraction-free elimination), visiting ``order``."""
+    basis: list[tuple[int, list[int]]] = []  # (pivot column, reduced integer row)
     chosen = []
     for i in order:
-        vec = [Fraction(int(x)) for x in rows[i]]
+        vec = [int(x) for x in rows[i]]
         for pc, b in basis:
-            if vec[pc] != 0:
-                f = vec[pc] / b[pc]
-                vec = [x - f * y for x, y in zip(vec, b)]
-        pc = next((j for j, x in enumerate(vec) if x != 0), None)
+            if vec[pc]:
+                f, g = b[pc], vec[pc]
+                vec = [f * x - g * y for x, y in zip(vec, b)]
+        pc = next((j for j, x in enumerate(vec) if x), None)
         if pc is not None:
-            basis.append((pc, vec))
+            div = math.gcd(*vec)
+            basis.append((pc, [x // div for x in vec]))
             chosen.append(i)
     return chosen
 
@@ -182,6 +183,7 @@ class DualSimplex:
         self._warm: tuple[list[int], list[int]] | None = None
         self._adj_cache: dict[tuple, tuple] = {}
         self._index = {p.tobytes(): b for b, p in enumerate(self.patterns)}
+        self.group_rows = [np.flatnonzero(self.patterns[:, g]).tolist() for g in range(self.d)]
 
     # ---------------------------------------------------------------- public
     def solve(self, target: np.ndarray) -> Certificate:
@@ -339,48 +341,52 @@ class DualSimplex:
         or None when the rate stays negative (the objective is unbounded along the edge).
         """
         need = -rate0[0]
-        strict = rate0[1] < 0
+        side = "right" if rate0[1] < 0 else "left"  # first cumulative rate > need, resp. >= need
         k = 64
         while True:
-            t_parts, inc_parts, own_parts, idx_parts = [], [], [], []
+            t_parts, inc_parts, heads = [], [], []  # heads: (atom, first score index, step ±1)
             cap = math.inf
             big = False
             for j in moving:
                 v = self.values[j]
                 c = self.levels[j]
                 gj = g[j]
+                k0 = kpos[j]
                 if gj > 0:
-                    end = min(v.size, kpos[j] + k)
-                    sl = np.arange(kpos[j], end)
-                    truncated = end < v.size
+                    hi = min(v.size, k0 + k)
+                    if hi <= k0:
+                        continue
+                    t = (v[k0:hi] - theta_f[j]) / gj
+                    inc = c[k0 + 1 : hi + 1] - c[k0:hi]
+                    truncated = hi < v.size
+                    heads.append((j, k0, 1))
                 else:
-                    end = max(-1, kpos[j] - 1 - k)
-                    sl = np.arange(kpos[j] - 1, end, -1)
-                    truncated = end > -1
-                if sl.size == 0:
-                    continue
-                t = (v[sl] - theta_f[j]) / gj
+                    lo = max(0, k0 - k)
+                    if k0 <= lo:
+                        continue
+                    t = (v[lo:k0][::-1] - theta_f[j]) / gj
+                    inc = (c[lo + 1 : k0 + 1] - c[lo:k0])[::-1]
+                    truncated = lo > 0
+                    heads.append((j, k0 - 1, -1))
                 if truncated:
                     cap = min(cap, float(t[-1]))
                 t_parts.append(t)
-                inc = c[sl + 1] - c[sl]
                 big = big or inc.dtype == object or abs(gj) * int(c[-1]) * len(moving) >= _INT64_SAFE
                 inc_parts.append((inc, abs(gj)))
-                own_parts.append(np.full(sl.size, j, dtype=np.int64))
-                idx_parts.append(sl)
             if not t_parts:
                 return None
-            t_all = np.maximum(np.concatenate(t_parts), 0.0)
-            own = np.concatenate(own_parts)
-            sidx = np.concatenate(idx_parts)
+            t_all = np.concatenate(t_parts) if len(t_parts) > 1 else t_parts[0]
             incs = np.concatenate([(x.astype(object) if big else x) * kk for x, kk in inc_parts])
-            order = np.lexsort((own, t_all))
+            order = np.argsort(t_all, kind="stable")  # ties: in atom order (parts are concatenated by atom)
             cum = np.cumsum(incs[order])
-            hits = np.flatnonzero(cum > need) if strict else np.flatnonzero(cum >= need)
-            if hits.size and t_all[order[int(hits[0])]] < cap:
-                stop = int(hits[0])
-                counts = np.bincount(own[order[:stop]], minlength=m)
-                return int(own[order[stop]]), int(sidx[order[stop]]), counts
+            stop = int(np.searchsorted(cum, need, side=side))
+            if stop < cum.size and max(t_all[order[stop]], 0.0) < cap:
+                starts = np.cumsum([0] + [t.size for t in t_parts])
+                part = np.searchsorted(starts, order[: stop + 1], side="right") - 1
+                counts = np.zeros(m, dtype=np.int64)
+                np.add.at(counts, np.array([heads[i][0] for i in range(len(heads))])[part[:-1]], 1)
+                j, first, step = heads[int(part[-1])]
+                return j, first + step * int(order[stop] - starts[part[-1]]), counts
             if cap == math.inf:
                 return None
             k *= 4
@@ -435,7 +441,7 @@ def check_certificate(cert: Certificate, engine: DualSimplex, target: np.ndarray
         raise CertificateError("certificate value differs from Φ_aᵀβ")
     c0, c1 = cert.levels0, cert.levels1
     for gr in range(d):
-        rows = np.flatnonzero(phi[:, gr]).tolist()
+        rows = engine.group_rows[gr] + ([m - 1] if m > engine.n_data and phi[m - 1, gr] else [])
         if sum(c0[j] - L[j] * lden for j in rows) != 0:
             raise CertificateError(f"level balance fails on group {gr}")
         if sum(c1[j] for j in rows) != (-lden if phi[a, gr] else 0):

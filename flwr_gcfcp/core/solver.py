@@ -174,9 +174,12 @@ class AtomSolver:
         remap = np.array([canon.setdefault(p_.tobytes(), i) for i, p_ in enumerate(pats)], dtype=np.int64)
         idx = remap[idx] if idx.size else idx
         # atoms in no group have a fixed fit of 0 and do not interact with the others
-        keep = pats[idx].any(axis=1) if idx.size else np.zeros(0, dtype=bool)
-        idx, vals, w_int = idx[keep], vals[keep], w_int[keep]
-        order = np.lexsort((vals, idx))
+        nonzero = pats.any(axis=1)
+        if not nonzero.all():
+            keep = nonzero[idx]
+            idx, vals, w_int = idx[keep], vals[keep], w_int[keep]
+        by_value = np.argsort(vals)
+        order = by_value[np.argsort(idx[by_value], kind="stable")]  # by atom, then by score
         s_idx, s_vals, s_w = idx[order], vals[order], w_int[order]
         cuts = np.flatnonzero((np.diff(s_idx) != 0) | (np.diff(s_vals) != 0)) + 1
         starts = np.concatenate([[0], cuts]).astype(np.int64) if s_idx.size else np.zeros(0, dtype=np.int64)
