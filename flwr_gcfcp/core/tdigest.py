@@ -42,7 +42,7 @@ original data is at most ``max_j sin(π/δ_j) + sin(π/δ)`` (triangle inequalit
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Integral
@@ -152,14 +152,14 @@ def _cluster_ends(cumf: np.ndarray, total: float, delta: float) -> np.ndarray:
     sin2_half = math.sin(theta / 2.0) ** 2
     ends: list[int] = []
     start = 0
-    search = cumf.searchsorted
+    cum = cumf.tolist()  # bisect on a list of Python floats: the same comparisons as searchsorted, far less overhead
     while start < n:
-        q_left = float(cumf[start - 1]) / total if start else 0.0
+        q_left = cum[start - 1] / total if start else 0.0
         if 2.0 * q_left - 1.0 >= cos_t:  # asin(2 q_L - 1) + θ >= π/2: every remaining sample fits
             end = n - 1
         else:
             bound = q_left * cos_t + sin2_half + math.sqrt(max(q_left * (1.0 - q_left), 0.0)) * sin_t - EDGE_MARGIN
-            end = int(search(bound * total, side="right")) - 1
+            end = bisect_right(cum, bound * total, start) - 1
             if end < start:  # a cluster always takes at least one sample
                 end = start
         ends.append(end)
