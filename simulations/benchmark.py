@@ -318,7 +318,8 @@ def minimal_chain_thresholds(values: np.ndarray, weights: np.ndarray, atom_index
 
     frac = Fraction(str(alpha))
     p, q = frac.numerator, frac.denominator
-    order = np.lexsort((values, atom_index))
+    by_value = np.argsort(values)
+    order = by_value[np.argsort(atom_index[by_value], kind="stable")]  # by atom, then by score
     idx, v, w = atom_index[order], values[order], weights[order]
     cuts = np.flatnonzero(np.diff(idx)) + 1
     starts, ends = np.r_[0, cuts], np.r_[cuts, idx.size]

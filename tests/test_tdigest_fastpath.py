@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from flwr_gcfcp.core import tdigest
 from flwr_gcfcp.core.tdigest import EDGE_MARGIN, build_digest, merge_digests
@@ -50,3 +51,24 @@ def test_cluster_ends_match_the_plain_loop(monkeypatch):
         for a, b in ((d_fast, d), (m_fast, m)):
             assert a.means.tobytes() == b.means.tobytes()
             assert np.asarray(a.weights).tolist() == np.asarray(b.weights).tolist()
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_merge_of_object_int_weights_is_unchanged(big):
+    """Server merges carry exact Python-int weights (counts times a common integer λ scale), within int64 or not."""
+    rng = np.random.default_rng(1)
+    digests = []
+    for k in range(30):
+        d = build_digest(rng.random(int(rng.integers(1, 400))), None, 250)
+        scale = int(rng.integers(1, 10**12)) * (10**15 if big else 1)
+        digests.append(type(d)(means=d.means, weights=d.weights.astype(object) * scale, delta=250.0))
+    digests.append(type(d)(means=d.means, weights=np.array([np.int64(3)] * d.n_clusters, dtype=object), delta=250.0))
+    merged = merge_digests(digests, 250)
+    means = np.concatenate([x.means for x in digests])
+    weights = np.empty(means.size, dtype=object)
+    weights[:] = [int(w) for x in digests for w in x.weights.tolist()]
+    order = np.argsort(means, kind="stable")
+    want_means, want_weights = tdigest._compress(means[order], weights[order], 250.0)
+    assert merged.means.tobytes() == want_means.tobytes()
+    assert merged.weights.dtype == object and all(type(w) is int for w in merged.weights.tolist())
+    assert merged.weights.tolist() == want_weights.tolist()

@@ -131,11 +131,12 @@ def _common_weights(parts: Sequence[np.ndarray]) -> np.ndarray:
     """Concatenate weight arrays in a common exact dtype (float64 if any is float, else int64 or object ints)."""
     if any(p.dtype.kind == "f" for p in parts):
         return np.concatenate([p.astype(np.float64) for p in parts])
-    total = sum(int(p.sum()) if p.dtype != object else sum(p.tolist()) for p in parts)
-    if all(p.dtype == np.int64 for p in parts) and total <= _INT64_MAX:
+    if all(p.dtype == np.int64 for p in parts) and sum(int(p.sum()) for p in parts) <= _INT64_MAX:
         return np.concatenate(parts)
-    out = np.empty(sum(len(p) for p in parts), dtype=object)
-    out[:] = [int(x) for p in parts for x in p.tolist()]
+    out = np.concatenate([p if p.dtype == object else p.astype(object) for p in parts])
+    items = out.tolist()
+    if not all(type(x) is int for x in items):  # e.g. numpy integers inside an object array: exact Python ints
+        out[:] = [int(x) for x in items]
     return out
 
 
@@ -170,6 +171,15 @@ def _cluster_ends(cumf: np.ndarray, total: float, delta: float) -> np.ndarray:
 def _compress(values: np.ndarray, weights: np.ndarray, delta: float, unit: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Greedy clustering of sorted ``values`` with ``weights``; returns (means float64, cluster weights)."""
     n = values.shape[0]
+    as_object = False
+    if weights.dtype == object and not unit:
+        # Python-int weights that fit: the same exact sums in int64 (much faster), returned as Python ints
+        try:
+            w64 = weights.astype(np.int64)
+        except OverflowError:
+            w64 = None
+        if w64 is not None and float(w64.sum(dtype=np.float64)) < 2.0**62:
+            weights, as_object = w64, True
     if unit:
         cum = np.arange(1, n + 1, dtype=np.int64)
     else:
@@ -182,6 +192,8 @@ def _compress(values: np.ndarray, weights: np.ndarray, delta: float, unit: bool 
     cum_end = cum[ends]
     cluster_w = cum_end.copy()
     cluster_w[1:] = cum_end[1:] - cum_end[:-1]
+    if as_object:
+        cluster_w = cluster_w.astype(object)
     lo = values[starts]
     hi = values[ends]
     counts = ends - starts + 1
