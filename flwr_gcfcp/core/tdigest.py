@@ -135,7 +135,7 @@ def _common_weights(parts: Sequence[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts)
     out = np.concatenate([p if p.dtype == object else p.astype(object) for p in parts])
     items = out.tolist()
-    if not all(type(x) is int for x in items):  # e.g. numpy integers inside an object array: exact Python ints
+    if set(map(type, items)) != {int}:  # e.g. numpy integers inside an object array: exact Python ints
         out[:] = [int(x) for x in items]
     return out
 
