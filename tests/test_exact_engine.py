@@ -292,3 +292,19 @@ def test_tampered_certificate_is_rejected():
     cert.beta[g] += 1
     with pytest.raises(CertificateError):
         check_certificate(cert, solver._engine, target)
+
+
+def test_lowest_index_pivoting_gives_the_same_thresholds(monkeypatch):
+    """Bland's rule (used against cycling after many pivots) from the first pivot: same certified thresholds."""
+    from flwr_gcfcp.core import simplex
+
+    rng = np.random.default_rng(16)
+    problems = []
+    for trial, (k, patterns) in enumerate(families_by_relations(rng, per_bucket=6)):
+        idx, scores, weights, tw, alpha = draw_problem(rng, patterns, ties=trial % 2 == 0, integer_weights=trial % 3 == 0)
+        want = AtomSolver(scores, weights, idx, patterns, alpha, tw).thresholds(patterns)
+        problems.append((patterns, idx, scores, weights, tw, alpha, want))
+    monkeypatch.setattr(simplex.DualSimplex, "bland_after", -10**6)
+    for patterns, idx, scores, weights, tw, alpha, want in problems:
+        got = AtomSolver(scores, weights, idx, patterns, alpha, tw).thresholds(patterns)
+        assert np.array_equal(got, want)

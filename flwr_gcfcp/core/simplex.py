@@ -162,6 +162,9 @@ class DualSimplex:
         Integer weight of the imputed test point, on the weights' scale.
     """
 
+    #: pivots (plus 5 per atom) chosen by the largest violation before switching to Bland's lowest-index rule
+    bland_after = 50
+
     def __init__(self, values, weights_q, patterns, p: int, q: int, test_weight: int) -> None:
         self.values = [np.asarray(v, dtype=np.float64) for v in values]
         self.levels = []  # C_b: q-scaled cumulative weights with a leading 0
@@ -245,8 +248,9 @@ class DualSimplex:
                 kidx.append(min(max(j, 0), len(self.values[b]) - 1))
         pos: dict[int, int] = {}  # remembered level index of nonbasic atoms (decides only where θ sits on a score)
         max_iter = 200 + 20 * m
+        bland_after = self.bland_after + 5 * m  # then the lowest-index violated atom leaves (against cycling)
         cache: dict[tuple, tuple] = {}
-        for _ in range(max_iter):
+        for it in range(max_iter):
             bkey = tuple(basis)
             if bkey not in cache:
                 if bkey not in self._adj_cache:
@@ -299,7 +303,7 @@ class DualSimplex:
                     viol, sg = x0[i] - upper, 1
                 else:
                     continue
-                if worst is None or viol > worst:
+                if worst is None or (b < basis[leave] if it >= bland_after else viol > worst):
                     leave, sigma, worst = i, sg, viol
             if leave is None:
                 beta = {G[g]: sum(int(adj[g, i]) * vint[i] for i in range(r)) for g in range(r)}
