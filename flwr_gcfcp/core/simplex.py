@@ -77,11 +77,14 @@ class Certificate:
 
 
 def _count_below(values: np.ndarray, num: int, den: int, theta_f: float) -> tuple[int, int]:
-    """(#scores < θ, #scores <= θ) exactly for θ = num/den (den > 0); ``theta_f`` must be float(θ), correctly rounded."""
-    lo = int(np.searchsorted(values, theta_f, side="left"))
-    hi = int(np.searchsorted(values, theta_f, side="right"))
-    if hi == lo:  # θ_f is no score, so no score lies between θ and θ_f
+    """(#scores < θ, #scores <= θ) exactly for θ = num/den (den > 0), distinct sorted scores.
+
+    ``theta_f`` must be float(θ), correctly rounded (Python's int / int is).
+    """
+    lo = int(values.searchsorted(theta_f))
+    if lo == values.size or values[lo] != theta_f:  # θ_f is no score, so no score lies between θ and θ_f
         return lo, lo
+    hi = lo + 1  # the scores are distinct
     a, b = float(values[lo]).as_integer_ratio()
     diff = num * b - a * den
     if diff < 0:
