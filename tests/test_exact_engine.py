@@ -308,3 +308,25 @@ def test_lowest_index_pivoting_gives_the_same_thresholds(monkeypatch):
     for patterns, idx, scores, weights, tw, alpha, want in problems:
         got = AtomSolver(scores, weights, idx, patterns, alpha, tw).thresholds(patterns)
         assert np.array_equal(got, want)
+
+
+def test_forty_groups_exact_inverse_path():
+    """Rank > 24 takes the exact integer Gauss-Jordan start and the integer basis updates; App. D agrees."""
+    rng = np.random.default_rng(17)
+    patterns = random_family(rng, 50, 40)
+    n = 500
+    idx = rng.integers(0, 50, n)
+    scores = rng.random(n)
+    weights = np.ones(n)
+    solver = AtomSolver(scores, weights, idx, patterns, 0.5, 1.0)
+    assert solver._engine.rank > 24
+    phi = patterns[idx]
+    checked = 0
+    for a in rng.permutation(len(patterns))[:4]:
+        s_star = solver.threshold(patterns[a])
+        check_certificate(solver.certificates[patterns[a].tobytes()], solver._engine, patterns[a])
+        dual = lambda s: appd_test_dual(scores, weights, phi, patterns[a], 1.0, 0.5, s)  # noqa: E731
+        if math.isfinite(s_star):
+            assert dual(s_star - 1e-6) < 0.5 * (1 - 1e-7) and dual(s_star + 1e-6) > 0.5 * (1 - 1e-7)
+            checked += 1
+    assert checked >= 2

@@ -103,24 +103,51 @@ def _adj_det(m: np.ndarray) -> tuple[np.ndarray, int]:
             adj = np.rint(np.linalg.inv(m.astype(np.float64)) * det).astype(np.int64)
             if np.array_equal(m.astype(np.int64) @ adj, det * np.eye(r, dtype=np.int64)):
                 return (adj, det) if det > 0 else (-adj, -det)
-    # exact Gauss-Jordan inverse in rationals
-    rows = [[Fraction(int(x)) for x in row] + [Fraction(int(i == j)) for j in range(r)] for i, row in enumerate(m.tolist())]
+    # exact integer Gauss-Jordan on [M | I], each row kept primitive (divided by the gcd of its entries)
+    rows = [[int(x) for x in row] + [int(i == j) for j in range(r)] for i, row in enumerate(m.tolist())]
     for col in range(r):
         piv = next(i for i in range(col, r) if rows[i][col] != 0)
         rows[col], rows[piv] = rows[piv], rows[col]
-        inv = 1 / rows[col][col]
-        rows[col] = [x * inv for x in rows[col]]
+        pr = rows[col]
         for i in range(r):
-            if i != col and rows[i][col] != 0:
-                f = rows[i][col]
-                rows[i] = [a - f * b for a, b in zip(rows[i], rows[col])]
-    inv_rows = [row[r:] for row in rows]
-    den = math.lcm(*(x.denominator for row in inv_rows for x in row))
+            f = rows[i][col]
+            if i != col and f:
+                row = [pr[col] * x - f * y for x, y in zip(rows[i], pr)]
+                g = math.gcd(*row)
+                rows[i] = [x // g for x in row]
+    # now rows[i] = [D_i e_i | R_i] with M^{-1} = diag(1/D_i) R
+    diag = [rows[i][i] for i in range(r)]
+    den = abs(math.lcm(*diag))
     adj = np.empty((r, r), dtype=object)
     for i in range(r):
+        scale = den // diag[i]
         for j in range(r):
-            adj[i, j] = int(inv_rows[i][j] * den)
+            adj[i, j] = rows[i][r + j] * scale
+    check = m.astype(object) @ adj
+    if not all(check[i, j] == (den if i == j else 0) for i in range(r) for j in range(r)):
+        raise CertificateError("exact basis inverse failed its check")
     return adj, den
+
+
+def _replace_row(adj: list, det: int, h: list, h_enter: list, i: int) -> tuple[list, int, list]:
+    """Exact update of (A, D, h = Φ·A) with M·A = D·I when row i of M becomes the entering atom's pattern.
+
+    Sherman-Morrison in integers: with p = h_enter[i] (non-zero) and u = h_enter - D·e_i, the new pair is
+    A' = p·A - A[:, i] uᵀ, D' = D·p (then divided by their gcd), and h' = p·h - h[:, i] uᵀ.
+    """
+    p = h_enter[i]
+    u = [x - (det if k == i else 0) for k, x in enumerate(h_enter)]
+    new_adj = [[p * a - row[i] * uk for a, uk in zip(row, u)] for row in adj]
+    new_h = [[p * a - row[i] * uk for a, uk in zip(row, u)] if row[i] else [p * a for a in row] for row in h]
+    new_det = det * p
+    g = math.gcd(new_det, *(x for row in new_adj for x in row))
+    if new_det < 0:
+        g = -g
+    if g != 1:
+        new_adj = [[x // g for x in row] for row in new_adj]
+        new_h = [[x // g for x in row] for row in new_h]
+        new_det //= g
+    return new_adj, new_det, new_h
 
 
 def independent_rows(rows: np.ndarray, order) -> list[int]:
@@ -186,8 +213,8 @@ class DualSimplex:
         self.basic_atoms_start = independent_rows(rows_int, order)
         self.rank = len(self.basic_atoms_start)
         self.groups = independent_rows(rows_int.T, range(self.d)) if self.rank else []  # G: r independent columns
-        self._warm: tuple[list[int], list[int]] | None = None
-        self._adj_cache: dict[tuple, tuple] = {}
+        # last optimal basis: (atoms, score indices, adjugate A (r x r), D, h = Φ_G·A of the data atoms)
+        self._warm: tuple | None = None
         self._index = {p.tobytes(): b for b, p in enumerate(self.patterns)}
         self.group_rows = [np.flatnonzero(self.patterns[:, g]).tolist() for g in range(self.d)]
 
@@ -242,26 +269,24 @@ class DualSimplex:
         L = list(self.base) + ([0] if m > self.n_data else [])
         L[a] = L[a] + (self.q - self.p) * self.tw
         if self._warm is not None:
-            basis, kidx = list(self._warm[0]), list(self._warm[1])
+            basis, kidx, adj, det, h_data = self._warm
+            basis, kidx, adj, h = list(basis), list(kidx), [list(row) for row in adj], [list(row) for row in h_data]
         else:
             basis = list(self.basic_atoms_start)
             kidx = []
             for b in basis:  # start at the decoupled weighted quantile of each basic atom
                 j = self._index_of_level(b, self.base[b]) - 1
                 kidx.append(min(max(j, 0), len(self.values[b]) - 1))
+            adj_arr, det = _adj_det(phi_g[basis])
+            adj = adj_arr.tolist()
+            h = (phi_g[: self.n_data].astype(object) @ adj_arr.astype(object)).tolist()
+        if m > self.n_data:  # the target without data: its row of h
+            row = phi_g[m - 1].tolist()
+            h.append([sum(row[g] * adj[g][i] for g in range(r) if row[g]) for i in range(r)])
         pos: dict[int, int] = {}  # remembered level index of nonbasic atoms (decides only where θ sits on a score)
         max_iter = 200 + 20 * m
         bland_after = self.bland_after + 5 * m  # then the lowest-index violated atom leaves (against cycling)
-        cache: dict[tuple, tuple] = {}
         for it in range(max_iter):
-            bkey = tuple(basis)
-            if bkey not in cache:
-                if bkey not in self._adj_cache:
-                    self._adj_cache[bkey] = _adj_det(phi_g[basis])
-                adj, det = self._adj_cache[bkey]
-                h = phi_g.astype(object) @ adj if adj.dtype == object else phi_g @ adj
-                cache[bkey] = (adj, det, h.tolist())
-            adj, det, h = cache[bkey]
             # β on a common dyadic scale: θ_j = (h_j · V) / (det · 2^s), V the basic scores times 2^s (integers)
             vb = [float(self.values[b][k]) for b, k in zip(basis, kidx)]
             mant_exp = [math.frexp(v) for v in vb]
@@ -309,13 +334,13 @@ class DualSimplex:
                 if worst is None or (b < basis[leave] if it >= bland_after else viol > worst):
                     leave, sigma, worst = i, sg, viol
             if leave is None:
-                beta = {G[g]: sum(int(adj[g, i]) * vint[i] for i in range(r)) for g in range(r)}
+                beta = {G[g]: sum(adj[g][i] * vint[i] for i in range(r)) for g in range(r)}
                 lv0 = [lv * det for lv in level0]
                 lv1 = [0] * m
                 for i, b in enumerate(basis):
                     lv0[b] = x0[i]
                     lv1[b] = x1[i]
-                self._warm = (list(basis), list(kidx))
+                self._warm = (list(basis), list(kidx), adj, det, h[: self.n_data])
                 return Certificate("optimal", a, beta, den, lv0, lv1, det, Fraction(numer[a], den))
             # the leaving atom goes to its violated bound and its fitted value moves away (σ = -1: down)
             ell = basis[leave]
@@ -336,6 +361,7 @@ class DualSimplex:
                 pos[j] = kpos[j] + int(counts[j]) if g[j] > 0 else kpos[j] - int(counts[j])
             if e_atom != ell:
                 basis[leave] = e_atom
+                adj, det, h = _replace_row(adj, det, h, h[e_atom], leave)
             kidx[leave] = e_idx
         raise CertificateError(f"dual simplex did not converge in {max_iter} pivots")
 
@@ -410,8 +436,8 @@ class DualSimplex:
                 hi = mid
         return lo
 
-    def _unbounded(self, a: int, adj: np.ndarray, leave: int, sigma: int) -> Certificate:
-        direction = {self.groups[g]: sigma * int(adj[g, leave]) for g in range(len(self.groups)) if int(adj[g, leave])}
+    def _unbounded(self, a: int, adj: list, leave: int, sigma: int) -> Certificate:
+        direction = {self.groups[g]: sigma * adj[g][leave] for g in range(len(self.groups)) if adj[g][leave]}
         return Certificate("unbounded", a, direction)
 
 
