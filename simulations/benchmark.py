@@ -4,6 +4,8 @@ Usage::
 
     python -m simulations.benchmark [--json PATH] [--data-dir DIR] [--appd-points N] [--condconf-points N]
                                     [--seed S] [--condconf-mode auto|exact|bisection|off] [--condconf-python PY]
+                                    [--families random|none] [--n-families N] [--families-check N]
+                                    [--big-n N] [--n-clients N]
 
 Setting (GC-FCP §6.2): ResNet-56 CIFAR-10 test outputs (``<data-dir>/logits/cifar10_resnet56_test_logits.npz``;
 a seeded synthetic stand-in of the same shape when the file is absent — the output says which), a random split
@@ -37,6 +39,21 @@ What is timed (``time.perf_counter``, median over ``--repeats``):
   as an extra key); ``fastdigest_build_ms_1e6`` — the ``fastdigest`` package on the same values with as many
   centroids as our digest keeps (and with ``max_centroids = 250`` as an extra key).
 
+Issue 10 figures (each a top-level JSON key; details under ``minimal_reference``, ``random_families``, ``scale``):
+
+* ``engine_over_minimal_reference`` (``_condcp``) — the exact engine (``AtomSolver``, all atoms, certificates
+  checked) over :func:`minimal_chain_thresholds`, a minimal sort-and-search for one-relation-free chains (the
+  CIFAR-10 groups), on identical inputs; best of interleaved repeats (the machine is shared).
+* ``random_families_{condcp,gcfcp}_fit_ms_{median,max}`` — ``--families random --n-families N`` seeded random
+  overlapping label-set families of 3-8 groups, fit of all atoms (CondCP, and centralized GC-FCP with the clients'
+  λ_k weights), best of ``--repeats`` per family; ``random_families_appd_disagreements`` over every threshold of the first ``--families-check``
+  families against the App. D dual LP (HiGHS) at S* ± 1e-6.
+* ``condcp_1e6_fit_ms`` — CondCP on ``--big-n`` points resampled from the CIFAR-10 outputs (paper's groups);
+  ``server_1000_clients_merge_fit_ms`` — GC-FCP server merge + fit of ``--n-clients`` clients' δ = 250 digests of
+  those points.
+* ``gcfcp_over_condcp_end_to_end`` — (clients' digests + merge + fit) of GC-FCP δ = 250 over (summaries + fit) of
+  CondCP on the same split, best of interleaved repeats.
+
 Speedups use the exact engine's cost per test point = (calibrate + predict all n_test points) / n_test:
 centralized GC-FCP for App. D, CondCP for ``conditionalconformal``. ``conditionalconformal`` and ``fastdigest``
 are optional (the ``bench`` extra); their keys are null when they are not importable.
@@ -57,6 +74,7 @@ import sys
 import tempfile
 import time
 import warnings
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -94,6 +112,17 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
+
+
+def _interleaved_min(fns: Sequence[Callable[[], Any]], repeats: int) -> tuple[list[float], list[Any]]:
+    """Best wall time (seconds) of each ``fn`` over ``repeats`` rounds run in turn (ratios robust to shared CPUs)."""
+    best, outs = [math.inf] * len(fns), [None] * len(fns)
+    for _ in range(max(1, repeats)):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best, outs
 
 
 def _jsonable(obj: Any) -> Any:
@@ -276,6 +305,213 @@ def digest_benchmark(n: int, seed: int, repeats: int) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------------- minimal reference (speed floor)
+def minimal_chain_thresholds(values: np.ndarray, weights: np.ndarray, atom_index: np.ndarray, patterns: np.ndarray,
+                             alpha: float, test_weight: int) -> dict[int, float]:
+    """Minimal sort-and-search S* for families with a one-dimensional left null space of ±1 entries (the paper's
+    CIFAR-10 chain): sort, cumulative integer weights, one monotone integer search per atom, float sums.
+
+    The speed floor for the structured families (ALGORITHMS.md §9); no certificate, no other families. Integer
+    weights only. Returns ``{row of patterns: S*}`` for the atoms with data.
+    """
+    from flwr_gcfcp.core.solver import left_null_space
+
+    frac = Fraction(str(alpha))
+    p, q = frac.numerator, frac.denominator
+    by_value = np.argsort(values)
+    order = by_value[np.argsort(atom_index[by_value], kind="stable")]  # by atom, then by score
+    idx, v, w = atom_index[order], values[order], weights[order]
+    cuts = np.flatnonzero(np.diff(idx)) + 1
+    starts, ends = np.r_[0, cuts], np.r_[cuts, idx.size]
+    atoms = idx[starts]
+    vals = [v[s:e] for s, e in zip(starts, ends)]
+    cums = [np.cumsum(w[s:e]) * q for s, e in zip(starts, ends)]
+    basis = left_null_space(patterns[atoms].astype(np.int64))
+    if len(basis) != 1 or any(abs(x) != 1 for x in basis[0]):
+        raise ValueError("minimal reference: needs a one-dimensional left null space with entries +-1")
+    sgn = basis[0]
+    m = len(atoms)
+    tops = [int(c[-1]) for c in cums]
+    out = {}
+
+    def interval(b: int, c: int) -> tuple[float, float]:
+        """Fitted values of atom b compatible with level c (q-weight below <= c <= q-weight at or below)."""
+        cb, vb = cums[b], vals[b]
+        if c == 0:
+            return -math.inf, float(vb[0])
+        if c == tops[b]:
+            return float(vb[-1]), math.inf
+        j = int(np.searchsorted(cb, c, side="left"))
+        return float(vb[j]), float(vb[j + 1] if cb[j] == c else vb[j])
+
+    for a in range(m):
+        lev = [(q - p) * (tops[b] // q + (test_weight if b == a else 0)) for b in range(m)]
+        zlo, zhi = -math.inf, math.inf
+        for b in range(m):  # 0 <= lev_b - s_b z <= T_b
+            e1, e2 = (lev[b] - tops[b]) * sgn[b], lev[b] * sgn[b]
+            zlo, zhi = max(zlo, min(e1, e2)), min(zhi, max(e1, e2))
+        if zlo > zhi:
+            out[int(atoms[a])] = math.inf
+            continue
+
+        def y_low(z: int) -> float:  # min of Σ s_b θ_b over the intervals: non-increasing in z
+            total = 0.0
+            for b in range(m):
+                lo_b, hi_b = interval(b, lev[b] - sgn[b] * z)
+                total += lo_b if sgn[b] > 0 else -hi_b
+            return total
+
+        lo, hi = int(zlo), int(zhi)
+        if y_low(hi) > 0:
+            out[int(atoms[a])] = math.inf
+            continue
+        while lo < hi:  # smallest z with y_low(z) <= 0
+            mid = (lo + hi) // 2
+            if y_low(mid) <= 0:
+                hi = mid
+            else:
+                lo = mid + 1
+        # lowest θ_a with θ_b in their intervals and Σ s_b θ_b = 0 (any optimal z gives the same optimal θ set)
+        rest_lo = rest_hi = 0.0
+        for b in range(m):
+            if b != a:
+                lo_b, hi_b = interval(b, lev[b] - sgn[b] * lo)
+                rest_lo, rest_hi = (rest_lo + lo_b, rest_hi + hi_b) if sgn[b] > 0 else (rest_lo - hi_b, rest_hi - lo_b)
+        own_lo = interval(a, lev[a] - sgn[a] * lo)[0]
+        out[int(atoms[a])] = max(own_lo, -rest_hi if sgn[a] > 0 else rest_lo)
+    return out
+
+
+# ------------------------------------------------------------------------------------ random families and scale
+def direction_relations(patterns: np.ndarray) -> int:
+    """Relations between the direction classes of the left null space's rows (the old exact path took <= 1)."""
+    from flwr_gcfcp.core.solver import left_null_space
+
+    pats = np.unique(patterns[patterns.any(axis=1)], axis=0).astype(np.int64)
+    basis = left_null_space(pats)
+    rows = set()
+    for pos in range(len(pats)):
+        row = [vec[pos] for vec in basis]
+        if any(row):
+            g = math.gcd(*row)
+            row = [x // g for x in row]
+            rows.add(tuple(-x for x in row) if next(x for x in row if x) < 0 else tuple(row))
+    return len(rows) - len(basis) if basis else 0
+
+
+def random_label_families(n_families: int, seed: int, n_labels: int = N_LABELS) -> list[str]:
+    """Seeded random overlapping label-set families of 3-8 groups (2-7 labels each, every label covered)."""
+    rng = np.random.default_rng([seed, 3])
+    out = []
+    for _ in range(n_families):
+        d = int(rng.integers(3, 9))
+        groups = [set(rng.choice(n_labels, size=int(rng.integers(2, 8)), replace=False).tolist()) for _ in range(d)]
+        for lab in set(range(n_labels)) - set().union(*groups):
+            groups[int(rng.integers(0, d))].add(lab)
+        out.append(";".join(",".join(str(x) for x in sorted(g)) for g in groups))
+    return out
+
+
+def families_benchmark(cal_scores, cal_pred, n_k, n_families: int, seed: int, repeats: int, check: int,
+                       log: Callable[[str], None] = print) -> dict:
+    """Fit of all atoms for random label-set families: CondCP (equal weights) and centralized GC-FCP (λ_k).
+
+    Per family the best of ``repeats`` fits (the machine is shared); across families the median and the maximum.
+
+    For the first ``check`` families every atom's S* is checked against the App. D dual LP (HiGHS): the test dual
+    must be below (1 - α) w_test at S* - 1e-6 and not at S* + 1e-6.
+    """
+    from flwr_gcfcp.core.groups import keys_to_patterns, parse_groups
+    from flwr_gcfcp.core.quantiles import client_lambdas
+    from flwr_gcfcp.core.reference import appd_test_dual
+    from flwr_gcfcp.methods import CentralizedGCFCP, CondCP
+
+    K = len(n_k)
+    lams = client_lambdas(n_k)
+    lam_per_point = np.concatenate([np.full(n, float(l)) for n, l in zip(n_k, lams)])
+    rows, disagreements, checked = [], 0, 0
+    for f, text in enumerate(random_label_families(n_families, seed)):
+        groups = parse_groups(text, n_labels=N_LABELS)
+        patterns = groups.membership(np.arange(N_LABELS))
+        row = {"groups": text, "d": groups.n_groups, "atoms": int(len(np.unique(patterns, axis=0))),
+               "relations": direction_relations(patterns)}
+        for name, cal in (("condcp", CondCP(groups, ALPHA)), ("centralized_gcfcp", CentralizedGCFCP(groups, ALPHA))):
+            summaries = [cal.summarize(cal_scores[sl], cal_pred[sl], pi_k=1.0 / K, n_clients=K) for sl in _slices(n_k)]
+            (t,), _ = _interleaved_min([lambda cal=cal, s=summaries: cal.fit(s)], repeats)
+            row[f"{name}_fit_ms"] = t * 1e3
+            row[f"{name}_certified_atoms"] = len(cal._solver.certificates)
+            if f < check:
+                weights, tw = (np.ones(cal_scores.size), 1.0) if name == "condcp" else (lam_per_point, float(sum(lams)))
+                phi = groups.membership(cal_pred).astype(float)
+                cap = (1 - ALPHA) * tw
+                for key, s_star in cal.thresholds.items():
+                    target = keys_to_patterns([int(key)], groups.n_groups)[0].astype(float)
+                    dual = lambda s: appd_test_dual(cal_scores, weights, phi, target, tw, ALPHA, s)  # noqa: E731
+                    if math.isinf(s_star):
+                        disagreements += not dual(float(cal_scores.max()) + 50.0) < cap * (1 - 1e-7)
+                    else:
+                        disagreements += not dual(s_star - 1e-6) < cap * (1 - 1e-7)
+                        disagreements += not dual(s_star + 1e-6) > cap * (1 - 1e-7)
+                    checked += 1
+        rows.append(row)
+        log(f"  family {f:2d} d={row['d']} atoms={row['atoms']} relations={row['relations']}: "
+            f"CondCP {row['condcp_fit_ms']:.2f} ms, centralized GC-FCP {row['centralized_gcfcp_fit_ms']:.2f} ms")
+    out = {"n_families": n_families, "families": rows, "appd_checked_thresholds": checked,
+           "appd_disagreements": disagreements}
+    for name in ("condcp", "centralized_gcfcp"):
+        ts = [r[f"{name}_fit_ms"] for r in rows]
+        out[f"{name}_fit_ms_median"] = statistics.median(ts) if ts else None
+        out[f"{name}_fit_ms_max"] = max(ts) if ts else None
+    out["relations_histogram"] = {str(k): sum(r["relations"] == k for r in rows) for k in sorted({r["relations"] for r in rows})}
+    return out
+
+
+def scale_benchmark(probs: np.ndarray, labels: np.ndarray, n_big: int, n_clients: int, seed: int, repeats: int,
+                    log: Callable[[str], None] = print) -> dict:
+    """CondCP at n = ``n_big`` (the CIFAR-10 outputs resampled with replacement) against the minimal reference, and
+    a server merging ``n_clients`` clients' δ = 250 digests of those points and fitting GC-FCP."""
+    from flwr_gcfcp.core.groups import keys_to_patterns, parse_groups
+    from flwr_gcfcp.methods import GCFCP, CondCP
+
+    rng = np.random.default_rng([seed, 4])
+    pick = rng.integers(0, probs.shape[0], n_big)
+    lab = labels[pick]
+    pred = np.argmax(probs[pick], axis=1).astype(np.int64)
+    scores = 1.0 - probs[pick, lab].astype(np.float64)
+    groups = parse_groups(GROUPS, n_labels=N_LABELS)
+    cond = CondCP(groups, ALPHA)
+    summary = [cond.summarize(scores, pred)]
+    keys = summary[0].atom_keys
+    uniq, index = np.unique(keys, return_inverse=True)
+    pats = keys_to_patterns(uniq, groups.n_groups)
+    ones = np.ones(n_big, dtype=np.int64)
+    (t_fit, t_min), (_, ref) = _interleaved_min(
+        [lambda: cond.fit(summary), lambda: minimal_chain_thresholds(scores, ones, index, pats, ALPHA, 1)], repeats)
+    ref_dis = sum(not _close(ref[i], cond.thresholds[int(k)]) for i, k in enumerate(uniq.tolist()))
+    out = {"n": n_big, "condcp_fit_ms": t_fit * 1e3, "minimal_reference_ms": t_min * 1e3,
+           "condcp_over_minimal": t_fit / t_min, "minimal_reference_disagreements": ref_dis}
+    log(f"n={n_big:g} CondCP on the CIFAR-10 groups: fit {t_fit * 1e3:.0f} ms; minimal sort-and-search "
+        f"{t_min * 1e3:.0f} ms (x{t_fit / t_min:.2f}); threshold differences beyond 1e-12: {ref_dis}")
+    if n_clients > 0:
+        gc = GCFCP(groups, ALPHA, DELTA)
+        parts = np.array_split(np.arange(n_big), n_clients)
+        t_build, summaries = _median_time(
+            lambda: [gc.summarize(scores[p], pred[p], pi_k=1.0 / n_clients, n_clients=n_clients) for p in parts],
+            max(1, min(repeats, 2)))
+        (t_server,), _ = _interleaved_min([lambda: gc.fit(summaries)], max(1, min(repeats, 3)))
+        out.update(n_clients=n_clients, clients_build_ms_total=t_build * 1e3,
+                   clients_build_ms_per_client=t_build * 1e3 / n_clients, server_merge_fit_ms=t_server * 1e3,
+                   coreset_size=int(gc.coreset_size))
+        log(f"{n_clients} clients x {n_big // n_clients} points, delta={DELTA:g}: server merge + fit "
+            f"{t_server * 1e3:.0f} ms (coreset {gc.coreset_size} centroids); client digests "
+            f"{t_build * 1e3 / n_clients:.2f} ms per client")
+    return out
+
+
+def _close(a: float, b: float) -> bool:
+    return a == b or (math.isfinite(a) and math.isfinite(b) and abs(a - b) <= 1e-12 * max(1.0, abs(a)))
+
+
 # ---------------------------------------------------------------------------------------------------- main benchmark
 def run_benchmark(
     data_dir: Path | None = None,
@@ -289,6 +525,11 @@ def run_benchmark(
     condconf_mode: str = "auto",
     condconf_python: str | None = None,
     log: Callable[[str], None] = print,
+    families: str = "random",
+    n_families: int = 20,
+    families_check: int = 3,
+    big_n: int = 1_000_000,
+    n_clients: int = 1000,
 ) -> dict:
     from flwr_gcfcp.methods import CentralizedGCFCP, CondCP, GCFCP
     from flwr_gcfcp.core.groups import parse_groups, pattern_keys
@@ -341,12 +582,40 @@ def run_benchmark(
     thr_cmp = gc.thresholds_for(test_pred)
     t_cmp, _ = _median_time(lambda: test_smat <= thr_cmp[:, None], repeats)
     atom_thr = {name: {int(k): float(v) for k, v in c.thresholds.items()} for name, c in cals.items()}
-    inexact = {name: len(c._solver.inexact_atoms) if c._solver is not None else 0 for name, c in cals.items()}
+    certified = {name: len(c._solver.certificates) if c._solver is not None else 0 for name, c in cals.items()}
     exact_us = {name: fit_ms[name] * 1e3 / n_test + predict_us[name] for name in cals}
     log(f"exact engine (median of {repeats}): " + "; ".join(
         f"{name} fit {fit_ms[name]:.3f} ms, predict {predict_us[name]:.4f} us/pt" for name in cals))
     log(f"  atoms (key: S*) centralized GC-FCP: {atom_thr['centralized_gcfcp']}")
     log(f"  comparison only (per-point thresholds given): {t_cmp / n_test * 1e6:.4f} us/pt")
+
+    # ---------------- the same problems against the minimal sort-and-search reference (speed floor)
+    from flwr_gcfcp.core.groups import keys_to_patterns
+    from flwr_gcfcp.core.solver import AtomSolver
+    from flwr_gcfcp.methods.base import _client_integer_weights, _repeat_weights
+
+    cal_keys = pattern_keys(groups.membership(cal_pred))
+    uniq_keys, atom_idx = np.unique(cal_keys, return_inverse=True)
+    atom_pats = keys_to_patterns(uniq_keys, groups.n_groups)
+    lam_ints, tw_int = _client_integer_weights(n_k, None)
+    minimal = {}
+    for name, (wts, tw) in {"condcp": (np.ones(cal_scores.size, dtype=np.int64), 1),
+                            "centralized_gcfcp": (np.asarray(_repeat_weights(lam_ints, n_k), dtype=np.int64), int(tw_int))}.items():
+        (t_engine, t_ref), (thr, ref) = _interleaved_min(
+            [lambda w=wts, t=tw: AtomSolver(cal_scores, w, atom_idx, atom_pats, ALPHA, t).thresholds(atom_pats),
+             lambda w=wts, t=tw: minimal_chain_thresholds(cal_scores, w, atom_idx, atom_pats, ALPHA, t)], 3 * repeats)
+        minimal[name] = {"engine_ms": t_engine * 1e3, "minimal_reference_ms": t_ref * 1e3, "ratio": t_engine / t_ref,
+                         "disagreements_beyond_1e-12": sum(not _close(ref[i], float(thr[i])) for i in range(len(atom_pats)))}
+        log(f"  {name}: exact engine {t_engine * 1e3:.2f} ms vs minimal sort-and-search {t_ref * 1e3:.2f} ms "
+            f"(x{t_engine / t_ref:.2f}; {minimal[name]['disagreements_beyond_1e-12']} thresholds differ beyond 1e-12)")
+    def end_to_end(c: Any) -> Callable[[], Any]:
+        return lambda: c.fit([c.summarize(cal_scores[sl], cal_pred[sl], pi_k=1.0 / K, n_clients=K) for sl in _slices(n_k)])
+
+    names = (f"gcfcp_delta{DELTA:g}", "condcp")
+    best, _ = _interleaved_min([end_to_end(cals[name]) for name in names], 3 * repeats)
+    e2e = {name: t * 1e3 for name, t in zip(names, best)}
+    log(f"  end to end (clients' summaries + server fit): GC-FCP delta={DELTA:g} {e2e[f'gcfcp_delta{DELTA:g}']:.2f} ms, "
+        f"CondCP {e2e['condcp']:.2f} ms")
 
     # ---------------- the paper's App. D bisection, per distinct test point
     sub_rng = np.random.default_rng([seed, 2])
@@ -443,6 +712,17 @@ def run_benchmark(
         if cc_res.get("note"):
             log(f"  note: {cc_res['note'].strip()}")
 
+    # ---------------- random families, n = 1e6, 1,000 clients
+    fam = None
+    if families == "random" and n_families > 0:
+        log(f"random label-set families ({n_families}, seeded), fit of all atoms at n={n_cal}, median of {repeats}:")
+        fam = families_benchmark(cal_scores, cal_pred, n_k, n_families, seed, repeats, families_check, log)
+        log(f"  CondCP median {fam['condcp_fit_ms_median']:.2f} ms, max {fam['condcp_fit_ms_max']:.2f} ms; centralized "
+            f"GC-FCP median {fam['centralized_gcfcp_fit_ms_median']:.2f} ms, max {fam['centralized_gcfcp_fit_ms_max']:.2f} ms; "
+            f"relations {fam['relations_histogram']}; App. D disagreements {fam['appd_disagreements']} of "
+            f"{fam['appd_checked_thresholds']} thresholds checked")
+    scale = scale_benchmark(probs, labels, big_n, n_clients, seed, max(1, min(repeats, 3)), log) if big_n > 0 else None
+
     # ---------------- digests
     dg = digest_benchmark(digest_n, seed, max(1, min(repeats, 5)))
     ratio = (dg["fastdigest_build_ms"] / dg["digest_build_ms"]) if dg["fastdigest_build_ms"] else None
@@ -469,7 +749,22 @@ def run_benchmark(
         "disagreements_vs_condconf": disagreements_cc,
         "digest_build_ms_1e6": _round(dg["digest_build_ms"]) if digest_n == 1_000_000 else None,
         "fastdigest_build_ms_1e6": _round(dg["fastdigest_build_ms"]) if digest_n == 1_000_000 else None,
+        "engine_over_minimal_reference": _round(minimal["centralized_gcfcp"]["ratio"], 4),
+        "engine_over_minimal_reference_condcp": _round(minimal["condcp"]["ratio"], 4),
+        "random_families_condcp_fit_ms_median": _round(fam["condcp_fit_ms_median"]) if fam else None,
+        "random_families_condcp_fit_ms_max": _round(fam["condcp_fit_ms_max"]) if fam else None,
+        "random_families_gcfcp_fit_ms_median": _round(fam["centralized_gcfcp_fit_ms_median"]) if fam else None,
+        "random_families_gcfcp_fit_ms_max": _round(fam["centralized_gcfcp_fit_ms_max"]) if fam else None,
+        "random_families_appd_disagreements": fam["appd_disagreements"] if fam else None,
+        "condcp_1e6_fit_ms": _round(scale["condcp_fit_ms"]) if scale else None,
+        "server_1000_clients_merge_fit_ms": _round(scale.get("server_merge_fit_ms")) if scale else None,
+        "gcfcp_end_to_end_ms": _round(e2e[f"gcfcp_delta{DELTA:g}"]),
+        "condcp_end_to_end_ms": _round(e2e["condcp"]),
+        "gcfcp_over_condcp_end_to_end": _round(e2e[f"gcfcp_delta{DELTA:g}"] / e2e["condcp"], 4),
         # ---- extras
+        "minimal_reference": minimal,
+        "random_families": fam,
+        "scale": scale,
         "data_source": source,
         "synthetic": source.startswith("synthetic"),
         "n_cal": n_cal,
@@ -489,7 +784,7 @@ def run_benchmark(
         "speedup_definition": "reference time per test point / ((calibrate + predict all n_test points) / n_test) of "
         "the exact engine on the same problem: centralized GC-FCP for App. D, CondCP for conditionalconformal",
         "atom_thresholds": atom_thr,
-        "lp_fallback_atoms": inexact,
+        "certified_atoms": certified,
         "appd_timing_tolerance": APPD_TIMING_TOL,
         "appd_agreement_tolerance": APPD_AGREEMENT_TOL,
         "disagreements_vs_appd_tol_1e-3": disagreements_appd_coarse,
@@ -535,9 +830,16 @@ def summary_line(r: dict) -> str:
         f"App.D {r['appd_ms_per_point']:.0f} ms/pt (x{r['speedup_vs_appd']:.0f})")
     cc = "condconf n/a" if r["condconf_ms_per_point"] is None else (
         f"condconf[{r['condconf_mode']}] {r['condconf_ms_per_point']:.2f} ms/pt (x{r['speedup_vs_condconf']:.0f})")
-    return (f"calibrate {f(r['calibrate_ms'], '.2f')} ms | predict {f(r['predict_us_per_point'], '.3f')} us/pt | "
+    fam = "families n/a" if r.get("random_families_condcp_fit_ms_median") is None else (
+        f"random families CondCP {r['random_families_condcp_fit_ms_median']:.1f}/{r['random_families_condcp_fit_ms_max']:.1f} "
+        f"ms, GC-FCP {r['random_families_gcfcp_fit_ms_median']:.1f}/{r['random_families_gcfcp_fit_ms_max']:.1f} ms "
+        f"(median/max; App.D dis. {r['random_families_appd_disagreements']})")
+    return (f"calibrate {f(r['calibrate_ms'], '.2f')} ms (x{f(r.get('engine_over_minimal_reference'), '.2f')} minimal) | "
+            f"predict {f(r['predict_us_per_point'], '.3f')} us/pt | "
             f"{appd} | {cc} | disagreements {f(r['disagreements_vs_appd'], 'd')}/"
-            f"{f(r['disagreements_vs_condconf'], 'd')} | digest 1e6 {f(r['digest_build_ms_1e6'], '.0f')} ms "
+            f"{f(r['disagreements_vs_condconf'], 'd')} | {fam} | CondCP 1e6 {f(r.get('condcp_1e6_fit_ms'), '.0f')} ms | "
+            f"1000 clients {f(r.get('server_1000_clients_merge_fit_ms'), '.0f')} ms | GC-FCP/CondCP e2e "
+            f"{f(r.get('gcfcp_over_condcp_end_to_end'), '.2f')} | digest 1e6 {f(r['digest_build_ms_1e6'], '.0f')} ms "
             f"(fastdigest {f(r['fastdigest_build_ms_1e6'], '.0f')} ms)").replace("n/a ms", "n/a")
 
 
@@ -560,6 +862,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=5000)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--digest-n", type=int, default=1_000_000)
+    ap.add_argument("--families", choices=("random", "none"), default="random",
+                    help="seeded random overlapping label-set families (3-8 groups) fitted with CondCP and GC-FCP weights")
+    ap.add_argument("--n-families", type=int, default=20)
+    ap.add_argument("--families-check", type=int, default=3, help="families whose every threshold App. D checks")
+    ap.add_argument("--big-n", type=int, default=1_000_000, help="points for the CondCP scale run (0 = skip)")
+    ap.add_argument("--n-clients", type=int, default=1000, help="clients' digests merged at the server (0 = skip)")
     args = ap.parse_args(argv)
     for name in ("appd_points", "n_cal", "n_test", "repeats", "digest_n"):
         v = getattr(args, name)
@@ -570,7 +878,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_benchmark(
         data_dir=args.data_dir, appd_points=args.appd_points, condconf_points=args.condconf_points, seed=args.seed,
         n_cal=args.n_cal, n_test=args.n_test, repeats=args.repeats, digest_n=args.digest_n,
-        condconf_mode=args.condconf_mode, condconf_python=args.condconf_python,
+        condconf_mode=args.condconf_mode, condconf_python=args.condconf_python, families=args.families,
+        n_families=args.n_families, families_check=args.families_check, big_n=args.big_n, n_clients=args.n_clients,
     )
     result["command"] = command
     print(f"machine: {result['machine']}")

@@ -19,7 +19,8 @@ def test_tiny_run_writes_required_keys_and_agrees(tmp_path, capsys):
     argv = [
         "--json", str(out), "--data-dir", str(tmp_path / "no-data"), "--n-cal", "600", "--n-test", "600",
         "--appd-points", "3", "--condconf-points", "2", "--repeats", "2", "--digest-n", "5000", "--seed", "3",
-        "--condconf-mode", "auto" if HAVE_CONDCONF else "off",
+        "--condconf-mode", "auto" if HAVE_CONDCONF else "off", "--n-families", "2", "--families-check", "1",
+        "--big-n", "4000", "--n-clients", "4",
     ]
     assert benchmark.main(argv) == 0
     res = json.loads(out.read_text())
@@ -30,6 +31,12 @@ def test_tiny_run_writes_required_keys_and_agrees(tmp_path, capsys):
     assert res["appd_ms_per_point"] > 0 and res["speedup_vs_appd"] > 1
     assert res["appd_timing_tolerance"] == 1e-3 and res["appd_agreement_tolerance"] == 1e-10
     assert res["disagreements_vs_appd"] == 0, res["appd"]["disagreement_details_1e-10"]
+    # random families (every threshold of the first one checked by App. D), scale runs, minimal reference
+    assert res["random_families_appd_disagreements"] == 0 and res["random_families"]["appd_checked_thresholds"] > 0
+    assert res["random_families_condcp_fit_ms_max"] >= res["random_families_condcp_fit_ms_median"] > 0
+    assert res["minimal_reference"]["condcp"]["disagreements_beyond_1e-12"] == 0
+    assert res["scale"]["minimal_reference_disagreements"] == 0 and res["scale"]["n_clients"] == 4
+    assert res["engine_over_minimal_reference"] > 0 and res["gcfcp_over_condcp_end_to_end"] > 0
     assert res["appd"]["max_abs_threshold_diff_1e-10"] < 1e-8
     # digests were built on 5000 values, not 1e6: the 1e6 keys are null, the measured ones are extras
     assert res["digest_build_ms_1e6"] is None and res["fastdigest_build_ms_1e6"] is None
@@ -48,10 +55,11 @@ def test_tiny_run_writes_required_keys_and_agrees(tmp_path, capsys):
 def test_skipping_references_gives_nulls(tmp_path):
     res = benchmark.run_benchmark(
         data_dir=tmp_path, appd_points=0, condconf_mode="off", n_cal=300, n_test=300, repeats=1, digest_n=2000,
-        log=lambda _msg: None,
+        log=lambda _msg: None, families="none", big_n=0,
     )
     for key in ("appd_ms_per_point", "speedup_vs_appd", "disagreements_vs_appd", "condconf_ms_per_point",
-                "speedup_vs_condconf", "disagreements_vs_condconf"):
+                "speedup_vs_condconf", "disagreements_vs_condconf", "random_families_condcp_fit_ms_median",
+                "condcp_1e6_fit_ms", "server_1000_clients_merge_fit_ms"):
         assert res[key] is None, key
     assert res["condconf_mode"] is None
     json.dumps(benchmark._jsonable(res))  # serialisable

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from flwr_gcfcp.core.reference import appd_test_dual, appd_threshold, cvxpy_dual_threshold
-from flwr_gcfcp.core.solver import AtomSolver, LPFallbackWarning, atom_thresholds, exact_integer_weights, left_null_space
+from flwr_gcfcp.core.simplex import check_certificate
+from flwr_gcfcp.core.solver import AtomSolver, atom_thresholds, exact_integer_weights, left_null_space
 
 CIFAR_GROUPS = [range(0, 4), range(2, 6), range(4, 8), range(6, 10)]
 CIFAR_PATTERNS = np.array([[label in g for g in CIFAR_GROUPS] for label in range(10)])
@@ -112,7 +113,7 @@ def _random_family(rng):
     if kind == 2:  # disjoint groups plus the whole space
         d = int(rng.integers(2, 4))
         return np.hstack([np.eye(d, dtype=bool), np.ones((d, 1), dtype=bool)])
-    # arbitrary random subsets of labels (may need the LP fallback)
+    # arbitrary random subsets of labels (any number of relations between direction classes)
     n_labels, d = int(rng.integers(3, 7)), int(rng.integers(2, 4))
     pats = rng.random((n_labels, d)) < 0.5
     pats[~pats.any(axis=1), 0] = True
@@ -134,7 +135,6 @@ def _random_problem(rng, ties: bool, integer_weights: bool):
     return patterns, idx, scores, weights, test_weight, alpha
 
 
-@pytest.mark.filterwarnings("ignore::flwr_gcfcp.core.solver.LPFallbackWarning")
 def test_agrees_with_appd_dual_certificate_on_random_problems():
     """>= 200 random problems, every atom: the App. D dual LP certifies S* (admissible just below, not just above).
 
@@ -142,7 +142,7 @@ def test_agrees_with_appd_dual_certificate_on_random_problems():
     score outside (S* - eps, S* + eps); random test scores then give zero disagreeing sets.
     """
     rng = np.random.default_rng(2024)
-    checked = exact_path = disagreements = 0
+    checked = disagreements = 0
     for trial in range(240):
         patterns, idx, scores, weights, tw, alpha = _random_problem(rng, ties=trial % 2 == 0, integer_weights=trial % 3 == 0)
         solver = AtomSolver(scores, weights, idx, patterns, alpha, tw)
@@ -151,14 +151,12 @@ def test_agrees_with_appd_dual_certificate_on_random_problems():
         test_scores = rng.random((20, 1)) * 2 - 0.5
         for a in range(len(patterns)):
             s_star = solver.threshold(patterns[a])
-            exact_path += patterns[a].tobytes() not in solver.inexact_atoms
             dual = lambda s: appd_test_dual(scores, weights.astype(float), phi, patterns[a], float(tw), alpha, s)  # noqa: E731
             if math.isinf(s_star):
                 assert s_star > 0
                 assert dual(float(scores.max()) + 50.0) < cap * (1 - 1e-7), (trial, a)
             else:
-                # the LP fallback (left null space of dimension >= 2) is only accurate to solver tolerance
-                eps = 1e-6 if patterns[a].tobytes() not in solver.inexact_atoms else 1e-4
+                eps = 1e-6
                 assert dual(s_star - eps) < cap * (1 - 1e-7), (trial, a, s_star)
                 assert dual(s_star + eps) > cap * (1 - 1e-7), (trial, a, s_star)
                 # sets on random test scores away from the eps-window
@@ -167,10 +165,8 @@ def test_agrees_with_appd_dual_certificate_on_random_problems():
                     disagreements += (t <= s_star) != (dual(float(t)) < cap * (1 - 1e-7))
             checked += 1
     assert checked >= 1000 and disagreements == 0
-    assert exact_path >= 0.9 * checked, (exact_path, checked)
 
 
-@pytest.mark.filterwarnings("ignore::flwr_gcfcp.core.solver.LPFallbackWarning")
 def test_agrees_with_appd_bisection_at_fine_tolerance():
     rng = np.random.default_rng(7)
     for trial in range(25):
@@ -205,22 +201,25 @@ def test_pathmnist_groups_are_solved_exactly():
     scores = rng.random(400)
     solver = AtomSolver(scores, np.ones(400, dtype=np.int64), idx, PATHMNIST_PATTERNS, 0.1, 1)
     got = [solver.threshold(p) for p in PATHMNIST_PATTERNS]
-    assert not solver.inexact_atoms
     for a in (0, 2, 4, 8):
         ref = appd_threshold(scores, np.ones(400), PATHMNIST_PATTERNS[idx], PATHMNIST_PATTERNS[a], 1.0, 0.1, tol=1e-10)
         assert abs(got[a] - ref) < 1e-8, (a, got[a], ref)
 
 
-def test_lp_fallback_is_flagged():
+def test_family_with_two_relations_is_certified_exact():
     rng = np.random.default_rng(5)
-    # seven atoms over three groups: the null-space rows span four directions with two relations
+    # seven atoms over three groups: the null-space rows span four directions with two relations (formerly an LP)
     patterns = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=bool)
     idx = rng.integers(0, 7, 200)
     scores = rng.random(200)
     solver = AtomSolver(scores, np.ones(200, dtype=np.int64), idx, patterns, 0.1, 1)
-    with pytest.warns(LPFallbackWarning):
-        value = solver.threshold(patterns[6])
-    assert patterns[6].tobytes() in solver.inexact_atoms and math.isfinite(value)
+    for a in range(7):
+        value = solver.threshold(patterns[a])
+        cert = solver.certificates[patterns[a].tobytes()]
+        check_certificate(cert, solver._engine, patterns[a])
+        assert cert.kind == "optimal" and math.isfinite(value)
+        ref = appd_threshold(scores, np.ones(200), patterns[idx], patterns[a], 1.0, 0.1, tol=1e-10)
+        assert abs(value - ref) < 1e-8, (a, value, ref)
 
 
 @pytest.mark.parametrize(
@@ -239,28 +238,3 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         AtomSolver(**args)
-
-
-@pytest.mark.parametrize("shift", [1e-13, 0.37])
-def test_relation_search_fallbacks_give_the_same_thresholds(monkeypatch, shift):
-    """Float candidates that miss the jump (tiny shift) or are useless (large shift) must not change S*."""
-    import flwr_gcfcp.core.solver as solver_mod
-
-    rng = np.random.default_rng(21)
-    idx = rng.integers(0, 9, 300)
-    scores = np.round(rng.random(300), 3)
-    weights = rng.integers(1, 4, 300)
-    want = AtomSolver(scores, weights, idx, PATHMNIST_PATTERNS, 0.1, 2).thresholds(PATHMNIST_PATTERNS)
-    original_get, original_bisect = solver_mod._LazyFractions.__getitem__, solver_mod._bisect_mu
-    exact_searches = []
-
-    def bisect(mus, total):
-        if not isinstance(mus, solver_mod._LazyFractions):
-            exact_searches.append(len(mus))
-        return original_bisect(mus, total)
-
-    monkeypatch.setattr(solver_mod._LazyFractions, "__getitem__", lambda self, i: original_get(self, i) * (1 + Fraction(shift)))
-    monkeypatch.setattr(solver_mod, "_bisect_mu", bisect)
-    got = AtomSolver(scores, weights, idx, PATHMNIST_PATTERNS, 0.1, 2).thresholds(PATHMNIST_PATTERNS)
-    assert np.array_equal(got, want)
-    assert exact_searches  # the exact fallback searches ran

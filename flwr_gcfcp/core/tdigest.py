@@ -42,7 +42,7 @@ original data is at most ``max_j sin(π/δ_j) + sin(π/δ)`` (triangle inequalit
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Integral
@@ -136,11 +136,12 @@ def _common_weights(parts: Sequence[np.ndarray]) -> np.ndarray:
     """Concatenate weight arrays in a common exact dtype (float64 if any is float, else int64 or object ints)."""
     if any(p.dtype.kind == "f" for p in parts):
         return np.concatenate([p.astype(np.float64) for p in parts])
-    total = sum(int(p.sum()) if p.dtype != object else sum(p.tolist()) for p in parts)
-    if all(p.dtype == np.int64 for p in parts) and total <= _INT64_MAX:
+    if all(p.dtype == np.int64 for p in parts) and sum(int(p.sum()) for p in parts) <= _INT64_MAX:
         return np.concatenate(parts)
-    out = np.empty(sum(len(p) for p in parts), dtype=object)
-    out[:] = [int(x) for p in parts for x in p.tolist()]
+    out = np.concatenate([p if p.dtype == object else p.astype(object) for p in parts])
+    items = out.tolist()
+    if set(map(type, items)) != {int}:  # e.g. numpy integers inside an object array: exact Python ints
+        out[:] = [int(x) for x in items]
     return out
 
 
@@ -157,14 +158,14 @@ def _cluster_ends(cumf: np.ndarray, total: float, delta: float) -> np.ndarray:
     sin2_half = math.sin(theta / 2.0) ** 2
     ends: list[int] = []
     start = 0
-    search = cumf.searchsorted
+    cum = cumf.tolist()  # bisect on a list of Python floats: the same comparisons as searchsorted, far less overhead
     while start < n:
-        q_left = float(cumf[start - 1]) / total if start else 0.0
+        q_left = cum[start - 1] / total if start else 0.0
         if 2.0 * q_left - 1.0 >= cos_t:  # asin(2 q_L - 1) + θ >= π/2: every remaining sample fits
             end = n - 1
         else:
             bound = q_left * cos_t + sin2_half + math.sqrt(max(q_left * (1.0 - q_left), 0.0)) * sin_t - EDGE_MARGIN
-            end = int(search(bound * total, side="right")) - 1
+            end = bisect_right(cum, bound * total, start) - 1
             if end < start:  # a cluster always takes at least one sample
                 end = start
         ends.append(end)
@@ -246,6 +247,15 @@ def first_structure_violation(counts: np.ndarray, offsets: np.ndarray, delta: fl
 def _compress(values: np.ndarray, weights: np.ndarray, delta: float, unit: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Greedy clustering of sorted ``values`` with ``weights``; returns (means float64, cluster weights)."""
     n = values.shape[0]
+    as_object = False
+    if weights.dtype == object and not unit:
+        # Python-int weights that fit: the same exact sums in int64 (much faster), returned as Python ints
+        try:
+            w64 = weights.astype(np.int64)
+        except OverflowError:
+            w64 = None
+        if w64 is not None and float(w64.sum(dtype=np.float64)) < 2.0**62:
+            weights, as_object = w64, True
     if unit:
         cum = np.arange(1, n + 1, dtype=np.int64)
     else:
@@ -258,6 +268,8 @@ def _compress(values: np.ndarray, weights: np.ndarray, delta: float, unit: bool 
     cum_end = cum[ends]
     cluster_w = cum_end.copy()
     cluster_w[1:] = cum_end[1:] - cum_end[:-1]
+    if as_object:
+        cluster_w = cluster_w.astype(object)
     lo = values[starts]
     hi = values[ends]
     counts = ends - starts + 1

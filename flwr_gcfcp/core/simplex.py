@@ -1,0 +1,486 @@
+"""Exact dual simplex over atoms for the per-atom GC-FCP thresholds, with a checkable optimality certificate.
+
+Problem (ALGORITHMS.md §9). Atoms b carry sorted distinct scores v_b[0..K_b-1] with positive integer weights; the
+fitted value at b is θ_b = Φ_bᵀβ. In *level* units (every weight multiplied by q, α = p/q) write
+C_b[k] = q·(weight of the k smallest scores of b) and L_b = (q - p)(W_b + w_test·1{b = a}). The KKT conditions of
+
+    min_β Σ_b f_b(Φ_bᵀβ) - u·Φ_aᵀβ,    f_b(θ) = Σ_{i∈b} w_i ℓ_α(S_i - θ),  u = (1 - α) w_test,
+
+are: levels c_b with Σ_b Φ_b c_b = Σ_b Φ_b L_b and W_<(θ_b) <= c_b <= W_<=(θ_b) (q·weight of b's scores below θ_b,
+resp. at or below). S*(a) is the *lowest* optimal θ_a. Lowering u by an infinitesimal ε selects it: a solution that
+is optimal for every u - ε, ε in (0, ε0], is optimal for u and has the least θ_a among optima. So levels are pairs
+c = c⁰ + ε c¹ compared lexicographically, with Σ Φ_b c¹_b = -Φ_a.
+
+Algorithm: dual simplex in β-space. A basis is r atoms with independent patterns (r = rank), each fixed at one of
+its scores; β follows exactly; every other atom's level is read off its θ (dual feasibility holds by
+construction). The basic levels follow from the equality constraint; if one leaves its box [C[k], C[k+1]], that
+atom leaves the basis and β moves along the edge that frees it, with a long-step line search over all the
+breakpoints the moving atoms cross (the objective along the edge is convex piecewise linear). The basis of one
+target atom is a dual-feasible start for the next (only the levels change), so a fit of all atoms costs a few
+pivots each. Floats only order the candidate breakpoints; every quantity that decides optimality is an integer or
+a rational, and the final state is verified by :func:`check_certificate`, which is independent of how the state
+was found:
+
+* optimal: β (rationals), the levels (c⁰, c¹); checked: θ = Φβ for every atom, Σ Φ_b (c⁰_b - L_b) = 0 and
+  Σ Φ_b c¹_b = -Φ_a over all d groups, and W_<(θ_b) <= c_b <= W_<=(θ_b) lexicographically for every atom;
+* unbounded (S* = +inf): a direction δ (integers) along which the objective decreases without bound:
+  Σ_b g_b (q W_b·1{g_b > 0} - L_b) < 0 with g = Φδ (the fitted value at the target follows the imputed score up).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = ["Certificate", "CertificateError", "DualSimplex", "check_certificate"]
+
+_INT64_SAFE = 2**62
+
+
+class CertificateError(RuntimeError):
+    """The exact optimality check of a threshold failed (never expected: a bug, reported instead of a value)."""
+
+
+@dataclass
+class Certificate:
+    """Proof that a threshold is exact, checkable with :func:`check_certificate`.
+
+    Attributes
+    ----------
+    kind : str
+        ``"optimal"`` (finite S*) or ``"unbounded"`` (S* = +inf).
+    target : int
+        Index of the target atom among the engine's atoms.
+    beta : dict
+        ``{group: int}``: numerators of the coefficients β over ``den`` (optimal), or the direction δ (unbounded).
+    den : int
+        Positive common denominator of β (1 for a direction).
+    levels0, levels1 : list of int
+        Numerators of the levels c⁰, c¹ per atom over ``level_den`` (optimal only; empty otherwise).
+    level_den : int
+        Positive common denominator of the levels.
+    value : Fraction or None
+        The exact fitted value θ_a = Φ_aᵀβ at the target (optimal only).
+    """
+
+    kind: str
+    target: int
+    beta: dict
+    den: int = 1
+    levels0: list = field(default_factory=list)
+    levels1: list = field(default_factory=list)
+    level_den: int = 1
+    value: Fraction | None = None
+
+
+def _count_below(values: np.ndarray, num: int, den: int, theta_f: float) -> tuple[int, int]:
+    """(#scores < θ, #scores <= θ) exactly for θ = num/den (den > 0), distinct sorted scores.
+
+    ``theta_f`` must be float(θ), correctly rounded (Python's int / int is).
+    """
+    lo = int(values.searchsorted(theta_f))
+    if lo == values.size or values[lo] != theta_f:  # θ_f is no score, so no score lies between θ and θ_f
+        return lo, lo
+    hi = lo + 1  # the scores are distinct
+    a, b = float(values[lo]).as_integer_ratio()
+    diff = num * b - a * den
+    if diff < 0:
+        return lo, lo
+    if diff > 0:
+        return hi, hi
+    return lo, hi
+
+
+def _adj_det(m: np.ndarray) -> tuple[np.ndarray, int]:
+    """Integer (A, D) with M·A = D·I and D > 0 for a nonsingular integer matrix (float guess, exact check)."""
+    r = m.shape[0]
+    if r <= 24:
+        det = round(float(np.linalg.det(m)))
+        if det != 0 and abs(det) < 2**40:
+            adj = np.rint(np.linalg.inv(m.astype(np.float64)) * det).astype(np.int64)
+            if np.array_equal(m.astype(np.int64) @ adj, det * np.eye(r, dtype=np.int64)):
+                return (adj, det) if det > 0 else (-adj, -det)
+    # exact integer Gauss-Jordan on [M | I], each row kept primitive (divided by the gcd of its entries)
+    rows = [[int(x) for x in row] + [int(i == j) for j in range(r)] for i, row in enumerate(m.tolist())]
+    for col in range(r):
+        piv = next(i for i in range(col, r) if rows[i][col] != 0)
+        rows[col], rows[piv] = rows[piv], rows[col]
+        pr = rows[col]
+        for i in range(r):
+            f = rows[i][col]
+            if i != col and f:
+                row = [pr[col] * x - f * y for x, y in zip(rows[i], pr)]
+                g = math.gcd(*row)
+                rows[i] = [x // g for x in row]
+    # now rows[i] = [D_i e_i | R_i] with M^{-1} = diag(1/D_i) R
+    diag = [rows[i][i] for i in range(r)]
+    den = abs(math.lcm(*diag))
+    adj = np.empty((r, r), dtype=object)
+    for i in range(r):
+        scale = den // diag[i]
+        for j in range(r):
+            adj[i, j] = rows[i][r + j] * scale
+    check = m.astype(object) @ adj
+    if not all(check[i, j] == (den if i == j else 0) for i in range(r) for j in range(r)):
+        raise CertificateError("exact basis inverse failed its check")
+    return adj, den
+
+
+def _replace_row(adj: list, det: int, h: list, h_enter: list, i: int) -> tuple[list, int, list]:
+    """Exact update of (A, D, h = Φ·A) with M·A = D·I when row i of M becomes the entering atom's pattern.
+
+    Sherman-Morrison in integers: with p = h_enter[i] (non-zero) and u = h_enter - D·e_i, the new pair is
+    A' = p·A - A[:, i] uᵀ, D' = D·p (then divided by their gcd), and h' = p·h - h[:, i] uᵀ.
+    """
+    p = h_enter[i]
+    u = [x - (det if k == i else 0) for k, x in enumerate(h_enter)]
+    new_adj = [[p * a - row[i] * uk for a, uk in zip(row, u)] for row in adj]
+    new_h = [[p * a - row[i] * uk for a, uk in zip(row, u)] if row[i] else [p * a for a in row] for row in h]
+    new_det = det * p
+    g = math.gcd(new_det, *(x for row in new_adj for x in row))
+    if new_det < 0:
+        g = -g
+    if g != 1:
+        new_adj = [[x // g for x in row] for row in new_adj]
+        new_h = [[x // g for x in row] for row in new_h]
+        new_det //= g
+    return new_adj, new_det, new_h
+
+
+def independent_rows(rows: np.ndarray, order) -> list[int]:
+    """Greedy maximal set of linearly independent integer rows (exact fraction-free elimination), visiting ``order``."""
+    basis: list[tuple[int, list[int]]] = []  # (pivot column, reduced integer row)
+    chosen = []
+    for i in order:
+        vec = [int(x) for x in rows[i]]
+        for pc, b in basis:
+            if vec[pc]:
+                f, g = b[pc], vec[pc]
+                vec = [f * x - g * y for x, y in zip(vec, b)]
+        pc = next((j for j, x in enumerate(vec) if x), None)
+        if pc is not None:
+            div = math.gcd(*vec)
+            basis.append((pc, [x // div for x in vec]))
+            chosen.append(i)
+    return chosen
+
+
+def _lex_cmp(x0, x1, y0) -> int:
+    """Sign of (x0 + ε x1) - y0."""
+    if x0 != y0:
+        return 1 if x0 > y0 else -1
+    return (x1 > 0) - (x1 < 0)
+
+
+class DualSimplex:
+    """Exact per-atom thresholds for atoms with data (and target atoms without), warm-started between targets.
+
+    Parameters
+    ----------
+    values : list of ndarray
+        Distinct sorted scores (float64) of each data atom.
+    weights_q : list of ndarray
+        q·(integer weight) of each distinct score (int64 or object ints).
+    patterns : ndarray of bool, shape (m, d)
+        Membership pattern of each data atom (no all-zero rows, no duplicates).
+    p, q : int
+        α = p/q.
+    test_weight : int
+        Integer weight of the imputed test point, on the weights' scale.
+    """
+
+    #: pivots (plus 5 per atom) chosen by the largest violation before switching to Bland's lowest-index rule
+    bland_after = 50
+
+    def __init__(self, values, weights_q, patterns, p: int, q: int, test_weight: int) -> None:
+        self.values = [np.asarray(v, dtype=np.float64) for v in values]
+        self.levels = []  # C_b: q-scaled cumulative weights with a leading 0
+        for w in weights_q:
+            c = np.concatenate([np.zeros(1, dtype=w.dtype), np.cumsum(w)])
+            self.levels.append(c if c.dtype == object or int(c[-1]) < _INT64_SAFE else c.astype(object))
+        self.patterns = np.asarray(patterns, dtype=bool)
+        self.p, self.q, self.tw = int(p), int(q), int(test_weight)
+        self.n_data = len(self.values)
+        self.d = self.patterns.shape[1] if self.patterns.ndim == 2 else 0
+        totals = [int(c[-1]) for c in self.levels]
+        # base levels in q-units: (q - p)·W_b = (q - p)/q · C_b[-1]
+        self.base = [(self.q - self.p) * (t // self.q) for t in totals]
+        order = sorted(range(self.n_data), key=lambda b: -totals[b])
+        rows_int = self.patterns.astype(np.int64)
+        self.basic_atoms_start = independent_rows(rows_int, order)
+        self.rank = len(self.basic_atoms_start)
+        self.groups = independent_rows(rows_int.T, range(self.d)) if self.rank else []  # G: r independent columns
+        # last optimal basis: (atoms, score indices, adjugate A (r x r), D, h = Φ_G·A of the data atoms)
+        self._warm: tuple | None = None
+        self._index = {p.tobytes(): b for b, p in enumerate(self.patterns)}
+        self.group_rows = [np.flatnonzero(self.patterns[:, g]).tolist() for g in range(self.d)]
+
+    # ---------------------------------------------------------------- public
+    def solve(self, target: np.ndarray) -> Certificate:
+        """Certificate (optimal with its exact value, or unbounded) for a target pattern (a data atom's or a new one)."""
+        target = np.asarray(target, dtype=bool)
+        key = target.tobytes()
+        pats = self.patterns
+        if key in self._index:
+            a, extra = self._index[key], None
+        else:
+            a, extra = self.n_data, target
+        phi = pats if extra is None else np.vstack([pats, extra[None, :]]) if self.n_data else extra[None, :]
+        if extra is not None and not self._in_span(extra):
+            return Certificate("unbounded", a, self._escape_direction(extra))
+        return self._dual_simplex(a, phi)
+
+    # ---------------------------------------------------------------- helpers
+    def _in_span(self, row: np.ndarray) -> bool:
+        if self.rank == 0:
+            return False
+        rows = np.vstack([self.patterns[self.basic_atoms_start], row[None, :]]).astype(np.int64)
+        return len(independent_rows(rows, range(len(rows)))) == self.rank
+
+    def _escape_direction(self, row: np.ndarray) -> dict:
+        """Integer δ with Φ_b·δ = 0 for every data atom and Φ_a·δ > 0 (the target is outside the data's span)."""
+        from .solver import left_null_space
+
+        if self.n_data:
+            basis = left_null_space(self.patterns.T.astype(np.int64))  # {δ : P δ = 0}
+        else:
+            basis = [[int(i == j) for j in range(self.d)] for i in range(self.d)]
+        for vec in basis:
+            s = sum(int(x) * int(y) for x, y in zip(vec, row))
+            if s != 0:
+                return {g: (x if s > 0 else -x) for g, x in enumerate(vec) if x}
+        raise CertificateError("target pattern outside the span but no escape direction found")
+
+    def level_bounds(self, b: int, num: int, den: int) -> tuple[int, int]:
+        """(W_<(θ), W_<=(θ)) of atom b in level units for θ = num/den, exactly (0, 0 for a target without data)."""
+        if b >= self.n_data:
+            return 0, 0
+        lo, hi = _count_below(self.values[b], num, den, num / den)
+        return int(self.levels[b][lo]), int(self.levels[b][hi])
+
+    def _dual_simplex(self, a: int, phi: np.ndarray) -> Certificate:
+        m = phi.shape[0]
+        G = self.groups
+        r = len(G)
+        phi_g = phi[:, G].astype(np.int64)
+        L = list(self.base) + ([0] if m > self.n_data else [])
+        L[a] = L[a] + (self.q - self.p) * self.tw
+        if self._warm is not None:
+            basis, kidx, adj, det, h_data = self._warm
+            basis, kidx, adj, h = list(basis), list(kidx), [list(row) for row in adj], [list(row) for row in h_data]
+        else:
+            basis = list(self.basic_atoms_start)
+            kidx = []
+            for b in basis:  # start at the decoupled weighted quantile of each basic atom
+                j = self._index_of_level(b, self.base[b]) - 1
+                kidx.append(min(max(j, 0), len(self.values[b]) - 1))
+            adj_arr, det = _adj_det(phi_g[basis])
+            adj = adj_arr.tolist()
+            h = (phi_g[: self.n_data].astype(object) @ adj_arr.astype(object)).tolist()
+        if m > self.n_data:  # the target without data: its row of h
+            row = phi_g[m - 1].tolist()
+            h.append([sum(row[g] * adj[g][i] for g in range(r) if row[g]) for i in range(r)])
+        pos: dict[int, int] = {}  # remembered level index of nonbasic atoms (decides only where θ sits on a score)
+        max_iter = 200 + 20 * m
+        bland_after = self.bland_after + 5 * m  # then the lowest-index violated atom leaves (against cycling)
+        for it in range(max_iter):
+            # β on a common dyadic scale: θ_j = (h_j · V) / (det · 2^s), V the basic scores times 2^s (integers)
+            vb = [float(self.values[b][k]) for b, k in zip(basis, kidx)]
+            mant_exp = [math.frexp(v) for v in vb]
+            shift = max([0] + [53 - e for mt, e in mant_exp if mt])
+            vint = [int(math.ldexp(mt, 53)) << (e - 53 + shift) if mt else 0 for mt, e in mant_exp]
+            den = det << shift
+            numer = [sum(hv * vi for hv, vi in zip(h[j], vint)) for j in range(m)]
+            in_basis = {b: i for i, b in enumerate(basis)}
+            kpos = [0] * m
+            theta_f = [0.0] * m
+            level0 = [0] * m
+            for j in range(m):
+                theta_f[j] = numer[j] / den
+                if j in in_basis or j >= self.n_data:
+                    continue
+                lo, hi = _count_below(self.values[j], numer[j], den, theta_f[j])
+                kpos[j] = min(max(pos.get(j, lo), lo), hi)
+                level0[j] = int(self.levels[j][kpos[j]])
+            # basic levels times det: det·L_B + Σ_nonbasic h_j (L_j - c_j); ε part: -det·e_a (a basic) or -h_a
+            x0 = [det * L[b] for b in basis]
+            for j in range(m):
+                if j in in_basis:
+                    continue
+                diff = L[j] - level0[j]
+                if diff:
+                    hj = h[j]
+                    for i in range(r):
+                        if hj[i]:
+                            x0[i] += hj[i] * diff
+            if a in in_basis:
+                x1 = [0] * r
+                x1[in_basis[a]] = -det
+            else:
+                x1 = [-hv for hv in h[a]]
+            leave, sigma, worst = None, 0, None
+            for i, b in enumerate(basis):
+                lower = int(self.levels[b][kidx[i]]) * det
+                upper = int(self.levels[b][kidx[i] + 1]) * det
+                if _lex_cmp(x0[i], x1[i], lower) < 0:
+                    viol, sg = lower - x0[i], -1
+                elif _lex_cmp(x0[i], x1[i], upper) > 0:
+                    viol, sg = x0[i] - upper, 1
+                else:
+                    continue
+                if worst is None or (b < basis[leave] if it >= bland_after else viol > worst):
+                    leave, sigma, worst = i, sg, viol
+            if leave is None:
+                beta = {G[g]: sum(adj[g][i] * vint[i] for i in range(r)) for g in range(r)}
+                lv0 = [lv * det for lv in level0]
+                lv1 = [0] * m
+                for i, b in enumerate(basis):
+                    lv0[b] = x0[i]
+                    lv1[b] = x1[i]
+                self._warm = (list(basis), list(kidx), adj, det, h[: self.n_data])
+                return Certificate("optimal", a, beta, den, lv0, lv1, det, Fraction(numer[a], den))
+            # the leaving atom goes to its violated bound and its fitted value moves away (σ = -1: down)
+            ell = basis[leave]
+            lower = int(self.levels[ell][kidx[leave]]) * det
+            upper = int(self.levels[ell][kidx[leave] + 1]) * det
+            rate0 = (x0[leave] - lower, x1[leave]) if sigma < 0 else (upper - x0[leave], -x1[leave])
+            g = [sigma * h[j][leave] for j in range(m)]
+            kpos[ell] = kidx[leave] if sigma < 0 else kidx[leave] + 1
+            moving = [j for j in range(m) if g[j] and j < self.n_data and (j not in in_basis or j == ell)]
+            found = self._line_search(moving, g, kpos, theta_f, rate0, m)
+            if found is None:
+                return self._unbounded(a, adj, leave, sigma)
+            e_atom, e_idx, counts = found
+            pos = {}
+            for j in range(m):
+                if (j in in_basis and j != ell) or j >= self.n_data or j == e_atom:
+                    continue
+                pos[j] = kpos[j] + int(counts[j]) if g[j] > 0 else kpos[j] - int(counts[j])
+            if e_atom != ell:
+                basis[leave] = e_atom
+                adj, det, h = _replace_row(adj, det, h, h[e_atom], leave)
+            kidx[leave] = e_idx
+        raise CertificateError(f"dual simplex did not converge in {max_iter} pivots")
+
+    def _line_search(self, moving, g, kpos, theta_f, rate0, m):
+        """First breakpoint along the edge where the (scaled) rate turns >= 0 lexicographically.
+
+        Moving atom j crosses its scores from level index kpos[j] upward (g_j > 0) or downward, each crossing adding
+        |g_j|·(q-weight of the score) to the rate. Breakpoints are taken in windows of ``k`` per atom, doubled until
+        the stop lies before the first truncated atom's window end. Returns (atom, score index, crossings per atom),
+        or None when the rate stays negative (the objective is unbounded along the edge).
+        """
+        need = -rate0[0]
+        side = "right" if rate0[1] < 0 else "left"  # first cumulative rate > need, resp. >= need
+        k = 64
+        while True:
+            t_parts, inc_parts, heads = [], [], []  # heads: (atom, first score index, step ±1)
+            cap = math.inf
+            big = False
+            for j in moving:
+                v = self.values[j]
+                c = self.levels[j]
+                gj = g[j]
+                k0 = kpos[j]
+                if gj > 0:
+                    hi = min(v.size, k0 + k)
+                    if hi <= k0:
+                        continue
+                    t = (v[k0:hi] - theta_f[j]) / gj
+                    inc = c[k0 + 1 : hi + 1] - c[k0:hi]
+                    truncated = hi < v.size
+                    heads.append((j, k0, 1))
+                else:
+                    lo = max(0, k0 - k)
+                    if k0 <= lo:
+                        continue
+                    t = (v[lo:k0][::-1] - theta_f[j]) / gj
+                    inc = (c[lo + 1 : k0 + 1] - c[lo:k0])[::-1]
+                    truncated = lo > 0
+                    heads.append((j, k0 - 1, -1))
+                if truncated:
+                    cap = min(cap, float(t[-1]))
+                t_parts.append(t)
+                big = big or inc.dtype == object or abs(gj) * int(c[-1]) * len(moving) >= _INT64_SAFE
+                inc_parts.append((inc, abs(gj)))
+            if not t_parts:
+                return None
+            t_all = np.concatenate(t_parts) if len(t_parts) > 1 else t_parts[0]
+            incs = np.concatenate([(x.astype(object) if big else x) * kk for x, kk in inc_parts])
+            order = np.argsort(t_all, kind="stable")  # ties: in atom order (parts are concatenated by atom)
+            cum = np.cumsum(incs[order])
+            stop = int(np.searchsorted(cum, need, side=side))
+            if stop < cum.size and max(t_all[order[stop]], 0.0) < cap:
+                starts = np.cumsum([0] + [t.size for t in t_parts])
+                part = np.searchsorted(starts, order[: stop + 1], side="right") - 1
+                counts = np.zeros(m, dtype=np.int64)
+                np.add.at(counts, np.array([heads[i][0] for i in range(len(heads))])[part[:-1]], 1)
+                j, first, step = heads[int(part[-1])]
+                return j, first + step * int(order[stop] - starts[part[-1]]), counts
+            if cap == math.inf:
+                return None
+            k *= 4
+
+    def _index_of_level(self, j: int, level: int) -> int:
+        """First index k with C_j[k] >= level."""
+        c = self.levels[j]
+        lo, hi = 0, len(c)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if c[mid] < level:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def _unbounded(self, a: int, adj: list, leave: int, sigma: int) -> Certificate:
+        direction = {self.groups[g]: sigma * adj[g][leave] for g in range(len(self.groups)) if adj[g][leave]}
+        return Certificate("unbounded", a, direction)
+
+
+def check_certificate(cert: Certificate, engine: DualSimplex, target: np.ndarray) -> None:
+    """Verify a certificate exactly against the problem data; raise :class:`CertificateError` when it fails.
+
+    Independent of how the certificate was produced: it recomputes every fitted value from β, every level bound
+    from the scores, and both equality systems over all d groups, in integers / rationals.
+    """
+    target = np.asarray(target, dtype=bool)
+    pats = engine.patterns
+    a = cert.target
+    phi = pats if a < engine.n_data else (np.vstack([pats, target[None, :]]) if engine.n_data else target[None, :])
+    if not np.array_equal(phi[a], target):
+        raise CertificateError("certificate target does not match the pattern")
+    m, d = phi.shape
+    qp = engine.q - engine.p
+    L = list(engine.base) + ([0] if m > engine.n_data else [])
+    L[a] += qp * engine.tw
+    totals = [int(c[-1]) for c in engine.levels] + ([0] if m > engine.n_data else [])
+    if cert.kind == "unbounded":
+        g = [sum(int(x) for gr, x in cert.beta.items() if phi[j, gr]) for j in range(m)]
+        rate = sum(gj * ((totals[j] if gj > 0 else 0) - L[j]) for j, gj in enumerate(g))
+        if not rate < 0:
+            raise CertificateError(f"unbounded certificate has a non-negative recession rate {rate}")
+        return
+    if cert.kind != "optimal":
+        raise CertificateError(f"unknown certificate kind {cert.kind!r}")
+    den, lden = cert.den, cert.level_den
+    if den <= 0 or lden <= 0 or len(cert.levels0) != m or len(cert.levels1) != m:
+        raise CertificateError("malformed optimal certificate")
+    theta = [sum(int(x) for gr, x in cert.beta.items() if phi[j, gr]) for j in range(m)]
+    if cert.value != Fraction(theta[a], den):
+        raise CertificateError("certificate value differs from Φ_aᵀβ")
+    c0, c1 = cert.levels0, cert.levels1
+    for gr in range(d):
+        rows = engine.group_rows[gr] + ([m - 1] if m > engine.n_data and phi[m - 1, gr] else [])
+        if sum(c0[j] - L[j] * lden for j in rows) != 0:
+            raise CertificateError(f"level balance fails on group {gr}")
+        if sum(c1[j] for j in rows) != (-lden if phi[a, gr] else 0):
+            raise CertificateError(f"tie-break balance fails on group {gr}")
+    for j in range(m):
+        lo, hi = engine.level_bounds(j, theta[j], den)
+        lo, hi = lo * lden, hi * lden
+        if c0[j] < lo or c0[j] > hi or (c0[j] == lo and c1[j] < 0) or (c0[j] == hi and c1[j] > 0):
+            raise CertificateError(f"level of atom {j} outside [W_<(θ), W_<=(θ)]")
