@@ -455,14 +455,12 @@ class Predictor:
         return dict(cs)
 
     def _check_thresholds_against_coreset(self) -> None:
-        """Every saved threshold equals the one solved from the saved coreset (exact; LP-solved atoms to 1e-9)."""
+        """Every saved threshold equals, exactly, the one solved from the saved coreset."""
         solver = self._coreset_solver()
         for key, saved in self.thresholds.items():
             pattern = keys_to_patterns([key], self.groups.n_groups)[0]
             solved = solver.threshold(pattern)
-            inexact = pattern.tobytes() in solver.inexact_atoms
-            same = solved == saved or (inexact and math.isclose(solved, saved, rel_tol=1e-9, abs_tol=1e-12))
-            if not same:
+            if solved != saved:
                 raise integrity_error(f"thresholds[{str(key)!r}]",
                                       f"{saved!r} differs from {solved!r}, the threshold the saved coreset gives "
                                       "for this atom")
