@@ -259,8 +259,9 @@ def test_flwr_run_data_folder_status_and_reproducibility(tmp_path, flwr_env):
     base = tmp_path / "results"
     try:
         if (data_mod.shared_data_dir() / "logits" / "cifar10_resnet56_test_logits.npz").is_file():
-            proc = _flwr(env, cwd, str(REPO / "simulations" / "conf" / "cifar10.toml"),
-                         ["--run-config", f"results-dir='{base}'"])
+            conf = tmp_path / "cifar10.toml"  # the preset plus results-dir (a toml cannot be mixed with key=value)
+            conf.write_text((REPO / "simulations" / "conf" / "cifar10.toml").read_text() + f"\nresults-dir = '{base}'\n")
+            proc = _flwr(env, cwd, str(conf))
             assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
             assert run_status.check(base, wait=60)[0] == 0, (proc.stdout + proc.stderr)[-3000:]
             assert "-outputs-" in run_status.latest_run(base).name
