@@ -284,3 +284,16 @@ def test_flwr_run_data_folder_status_and_reproducibility(tmp_path, flwr_env):
                                                              "num-server-rounds": 2})
     )
     assert comparable(Path(inproc.files["json"]).parent) == comparable(runs[0])
+
+
+def test_long_scoring_logs_progress(caplog):
+    """Scoring more than one batch logs one line per batch, and gives the same probabilities as one call."""
+    from flwr_gcfcp.app import torch_model, training
+
+    model = torch_model.make_model(10)
+    x = np.random.default_rng(0).random((1100, 1, 8, 8), dtype=np.float32)
+    with caplog.at_level("INFO", logger="flwr"):
+        probs = torch_model.predict_proba(model, x, "test images of partition 3")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring ")]
+    assert lines == [f"scoring test images of partition 3: {k}/1100" for k in (512, 1024, 1100)]
+    assert np.array_equal(probs, training.predict_proba(model, x))

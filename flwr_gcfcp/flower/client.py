@@ -19,8 +19,8 @@ outputs. A callback may also return a :class:`ModelOutputs` for regression (``pr
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union

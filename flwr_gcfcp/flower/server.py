@@ -50,6 +50,7 @@ from .protocol import (
     CONFIG_KEY,
     COUNTS_KEY,
     EVALUATE_MESSAGE_TYPE,
+    META_KEY,
     MODEL_KEY,
     PAYLOAD_KEY,
     PREDICTOR_KEY,
@@ -180,8 +181,6 @@ def _error_reason(msg: Message) -> str:
 def _reply_order(reply: Message) -> tuple[int, str]:
     """Sort key of a usable reply that does not depend on arrival order or node ids (random per run): the
     ``partition-id`` the node reports in its meta record, then a hash of its arrays."""
-    from .protocol import META_KEY
-
     pid = None
     if META_KEY in reply.content.config_records:
         value = reply.content.config_records[META_KEY].get("partition-id")
