@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Context, RecordDict
+from flwr.app import ConfigRecord, Context, RecordDict
 
 from flwr_gcfcp.app import datasets as data_mod
 from flwr_gcfcp.app import deploy, server_app
@@ -187,9 +187,8 @@ def test_app_handler_errors_are_one_line(tmp_path, app_config):
     """An exception in the bundled ClientApp's train handler becomes a one-line error reply (code 2)."""
     cfg = app_config(**{"client-classes": "0,1;2,3"})  # 3 nodes, 2 label sets: node 2 cannot load its data
     grid = InProcessGrid(client_app, 3)
-    msg = grid.create_message(
-        RecordDict({"arrays": server_app.initial_arrays(cfg), "config": __import__("flwr").app.ConfigRecord(
-            cfg.client_config())}), "train", grid.node_ids[2], "1")
+    content = RecordDict({"arrays": server_app.initial_arrays(cfg), "config": ConfigRecord(cfg.client_config())})
+    msg = grid.create_message(content, "train", grid.node_ids[2], "1")
     reply = client_app(msg, grid.contexts[grid.node_ids[2]])
     assert reply.has_error() and reply.error.code == 2
     assert "\n" not in reply.error.reason and "num-partitions (3) exceeds" in reply.error.reason
@@ -297,3 +296,15 @@ def test_long_scoring_logs_progress(caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring ")]
     assert lines == [f"scoring test images of partition 3: {k}/1100" for k in (512, 1024, 1100)]
     assert np.array_equal(probs, training.predict_proba(model, x))
+
+
+def test_no_evaluation_counts_is_a_failed_run(tmp_path, app_config):
+    """Thresholds are kept, but a run that measured no coverage is reported as failed to a script."""
+    from flwr_gcfcp.flower.protocol import EVALUATE_MESSAGE_TYPE
+
+    grid = InProcessGrid(client_app, 5, faults={i: {EVALUATE_MESSAGE_TYPE: "error"} for i in range(5)})
+    report = server_app.run(grid, app_config(**{"num-server-rounds": 0}))
+    run = Path(report.files["json"]).parent
+    assert (run / "predictor_fedcp.json").is_file()
+    code, line = run_status.check(tmp_path / "results")
+    assert code == 1 and "no node returned valid evaluation counts" in line

@@ -174,7 +174,11 @@ def run(grid: Grid, cfg: AppConfig) -> ConformalReport:
         run_status.write_status(run_dir, "failed", reason)
         log(ERROR, "Run failed: %s (status in %s)", reason, run_dir / run_status.STATUS_FILE)
         raise
-    run_status.write_status(run_dir, "ok", report.status)
+    if report.status == "evaluated":
+        run_status.write_status(run_dir, "ok", report.status)
+    else:  # thresholds and predictors are written, but no coverage was measured: a script should notice
+        run_status.write_status(run_dir, "failed", report.status)
+        log(ERROR, "Run failed: %s (status in %s)", report.status, run_dir / run_status.STATUS_FILE)
     log(INFO, "Results directory: %s", run_dir)
     return report
 
