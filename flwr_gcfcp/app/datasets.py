@@ -147,7 +147,7 @@ def require_shared(
     """
     candidates = data_dir_candidates(data_dir)
     for _, folder in candidates:
-        if (folder / Path(relpath)).is_file():
+        if (folder / Path(relpath)).exists():
             return folder / Path(relpath)
     looked = "; ".join(f"{str(folder / Path(relpath))!r} ({how})" for how, folder in candidates)
     message = (
