@@ -107,7 +107,7 @@ def initial_arrays(cfg: AppConfig) -> ArrayRecord:
     return initial_model_arrays(cfg, n_classes_of(cfg.dataset))
 
 
-def conformal_rounds(cfg: AppConfig, results_dir: str | Path | None = None) -> ConformalRounds:
+def conformal_rounds(cfg: AppConfig) -> ConformalRounds:
     """The conformal rounds of ``cfg`` (building them checks methods, δ, groups, score, π and α)."""
     return ConformalRounds(
         alpha=cfg.alpha,
@@ -121,7 +121,7 @@ def conformal_rounds(cfg: AppConfig, results_dir: str | Path | None = None) -> C
         timeout=cfg.calibration_timeout,
         min_clients=cfg.min_calibration_clients,
         seed=cfg.seed,
-        results_dir=results_dir,
+        results_dir=None,  # set to the run folder once it exists
         plot=cfg.plot,
         app_config=cfg.client_config(),
         run_config=cfg.to_run_config(),
