@@ -38,6 +38,7 @@ def test_data_dir_precedence(monkeypatch, tmp_path):
     assert data_mod.shared_data_dir(str(tmp_path / "a")) == tmp_path / "a"
     assert data_mod.shared_data_dir() == tmp_path / "b"
     monkeypatch.delenv(data_mod.DATA_ENV_VAR)
+    monkeypatch.setattr(data_mod, "_installed_source_dir", lambda: None)  # whatever pip recorded on this machine
     assert data_mod.shared_data_dir() == REPO.parent / "shared" / "data"
     with pytest.raises(ValueError, match="data-dir must be an absolute path"):
         AppConfig.from_mapping({"data-dir": "relative/data"})
