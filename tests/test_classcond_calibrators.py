@@ -21,6 +21,7 @@ from flwr_gcfcp.core.scores import make_score
 from flwr_gcfcp.methods.setvalued import SetValuedClassifier, fbeta_threshold
 from flwr_gcfcp.methods.setvalued import fit_federated_in_process as sv_fit
 from flwr_gcfcp.core.summaries import PayloadError
+from flwr_gcfcp.app.status import latest_run
 
 L = 10
 GROUPS = parse_groups("0-3;2-5;4-7;6-9", n_labels=L)
@@ -286,7 +287,8 @@ def test_flower_round_runs_class_conditional_and_set_valued_methods(tmp_path):
             }
         )
         result = server_app.run(InProcessGrid(client_app, 5), cfg)
-        data = json.loads((tmp_path / "results" / "results.json").read_text())
+        out = latest_run(tmp_path / "results")
+        data = json.loads((out / "results.json").read_text())
         names = {"gcfcp_delta250", "fedcp", "classwise", "clustered", "avg_size_2", "topk_2"}
         assert set(data["methods"]) == names and not data["failed_methods"] and not data["excluded_clients"]
         for name in names:
@@ -295,11 +297,11 @@ def test_flower_round_runs_class_conditional_and_set_valued_methods(tmp_path):
             assert len(m["class_coverage"]) == 10 and isinstance(m["covgap"], float)
         assert data["methods"]["topk_2"]["marginal_set_size"] == pytest.approx(2.0)
         assert data["methods"]["clustered"]["fit"]["gamma"] == pytest.approx(10 / 85)
-        md = (tmp_path / "results" / "results.md").read_text()
+        md = (out / "results.md").read_text()
         assert "CovGap" in md and "| clustered |" in md and "| avg_size_2 |" in md
 
         # the core, in-process, on the same partitions, seed and final model
-        state = dict(np.load(tmp_path / "results" / "model.npz"))
+        state = dict(np.load(out / "model.npz"))
         def cals():
             return make_calibrators(cfg.methods.split(","), parse_groups(cfg.groups, n_labels=10), cfg.alpha, [250.0])
 
@@ -321,7 +323,7 @@ def test_flower_round_runs_class_conditional_and_set_valued_methods(tmp_path):
             assert set(ours) == set(want), name
             for key in want:
                 np.testing.assert_array_equal(ours[key], want[key], err_msg=f"{name}/{key}")
-        saved = json.loads((tmp_path / "results" / "predictor_classwise.json").read_text())
+        saved = json.loads((out / "predictor_classwise.json").read_text())
         np.testing.assert_array_equal(
             np.asarray(saved["arrays"]["label_thresholds"], dtype=float), core.calibrators["classwise"].label_thresholds
         )

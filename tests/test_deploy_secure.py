@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from flwr_gcfcp.app import deploy
+from flwr_gcfcp.app.status import latest_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -162,7 +163,7 @@ def test_authenticated_tls_deployment_calibrates_and_refuses_unregistered_supern
     # only the registered keys' nodes took part: their node ids are the calibration clients
     registered = {int(m) for m in re.findall(r"registered SuperNode \d public key \S+ as node (\d+)", log)}
     assert len(registered) == 2
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((latest_run(out) / "results.json").read_text())
     assert {c["node_id"] for c in results["calibration_clients"]} == registered
     assert not results["excluded_clients"]
     assert set(results["methods"]) == {"split_cp", "fedcp", "gcfcp_delta250"}

@@ -18,6 +18,7 @@ import pytest
 
 from flwr_gcfcp.app import deploy
 from flwr_gcfcp.app.config import AppConfig
+from flwr_gcfcp.app.status import latest_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,6 +59,8 @@ def core_thresholds(cfg: AppConfig, state: dict, num_partitions: int) -> dict[st
 
 
 def check_results(out: Path, cfg: AppConfig, num_partitions: int, n_excluded: int = 0) -> dict:
+    out = latest_run(out)  # the run's own folder under results-dir
+    assert json.loads((out / "status.json").read_text())["status"] == "ok"
     data = json.loads((out / "results.json").read_text())
     assert set(data["methods"]) == {"split_cp", "fedcp", "gcfcp_delta250"}
     for m in data["methods"].values():
@@ -130,7 +133,7 @@ def test_flwr_run_end_to_end(tmp_path, flwr_env):
         proc = subprocess.run(cmd, cwd=cwd, env=flwr_env, capture_output=True, text=True, timeout=300)
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-3000:]
-        assert (out / "results.json").is_file(), log[-3000:]
+        assert (latest_run(out) / "results.json").is_file(), log[-3000:]
         assert "gcfcp_delta250" in log and "| method |" in log  # the table is in the run's log
     finally:
         # `flwr run` leaves its local SuperLink running: stop it (and its SuperExec) by PID

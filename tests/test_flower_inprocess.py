@@ -9,6 +9,7 @@ import pytest
 from flwr.app import Array, Message
 
 from flwr_gcfcp.app import server_app
+from flwr_gcfcp.app.status import latest_run
 from flwr_gcfcp.app.client_app import app as client_app
 from flwr_gcfcp.flower import CalibrationError
 from flwr_gcfcp.flower.inprocess import InProcessGrid
@@ -51,7 +52,7 @@ def test_default_run_with_failing_silent_and_malformed_clients(tmp_path, app_con
         assert 0.0 <= m["marginal_coverage"] <= 1.0
         assert len(m["group_coverage"]) == 4 and len(m["group_set_size"]) == 4
 
-    out = tmp_path / "results"
+    out = latest_run(tmp_path / "results")
     data = json.loads((out / "results.json").read_text())
     assert set(data["methods"]) == set(report["methods"])
     assert len(data["excluded_clients"]) == 3

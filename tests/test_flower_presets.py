@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flwr_gcfcp.app.status import latest_run
 from flwr_gcfcp.app import datasets as data_mod
 from flwr_gcfcp.app import outputs, partitions, server_app
 from flwr_gcfcp.app.config import AppConfig
@@ -74,6 +75,7 @@ def _outputs_core(cfg: AppConfig, path: Path, n_clients: int) -> dict:
 
 
 def _check_report(result, n_groups: int, out: Path) -> dict:
+    out = latest_run(out)  # the run's own folder under results-dir
     data = json.loads((out / "results.json").read_text())
     assert set(data["methods"]) == set(result.results["methods"])
     for name, m in data["methods"].items():
@@ -223,7 +225,7 @@ def test_regression_thresholds_equal_core_and_report_interval_length(tmp_path):
     assert split["marginal_interval_length"] == pytest.approx(2 * thr)
     gc = data["methods"]["gcfcp_delta250"]["group_interval_length"]
     assert len(gc) == 4 and all(0 < v < np.inf for v in gc)
-    assert "interval length" in (tmp_path / "res" / "results.md").read_text()
+    assert "interval length" in (latest_run(tmp_path / "res") / "results.md").read_text()
     # coverage is |y - f(x)| <= threshold on the 200 test points, mixed over the clients with π = 1/4
     x_t, y_t = draw.extra["x_test"], draw.extra["y_test"]
     assert sum(len(outputs.regression_split(cfg, p, 4)["y_test"]) for p in range(4)) == len(y_t) == 200

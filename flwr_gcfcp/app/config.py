@@ -9,6 +9,7 @@ the whole config also goes to the nodes with every request (their own run config
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -35,6 +36,7 @@ class AppConfig:
     """Typed view of the run config (kebab-case keys -> snake_case fields); the defaults are the app's."""
 
     dataset: str = "digits"
+    data_dir: str = ""
     outputs_path: str = ""
     n_cal: int = 0
     client_classes: str = "0,1;2,3;4,5;6,7;8,9"
@@ -112,6 +114,18 @@ class AppConfig:
                 "run config: dataset 'outputs' needs outputs-path (an npz with 'labels' and one of 'logits', "
                 "'probs', 'log_probs'; relative paths are read from the shared data folder), got ''"
             )
+        if self.seed < 0:
+            raise ValueError(f"run config: seed must be >= 0, got {self.seed!r}")
+        for int_name in ("local_epochs", "batch_size"):
+            if getattr(self, int_name) < 1:
+                raise ValueError(f"run config: {_key(int_name)} must be >= 1, got {getattr(self, int_name)!r}")
+        if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            raise ValueError(f"run config: learning-rate must be a finite number > 0, got {self.learning_rate!r}")
+        for t_name in ("calibration_timeout", "train_timeout"):
+            if not math.isfinite(getattr(self, t_name)):
+                raise ValueError(f"run config: {_key(t_name)} must be finite, got {getattr(self, t_name)!r}")
+        if self.train_timeout <= 0:
+            raise ValueError(f"run config: train-timeout must be > 0, got {self.train_timeout!r}")
         if self.n_cal < 0:
             raise ValueError(f"run config: n-cal must be >= 0 (0 = use calibration-fraction), got {self.n_cal!r}")
         is_interval = str(self.groups).strip().lower().startswith("interval:")
@@ -136,8 +150,10 @@ class AppConfig:
                 "(classification scores: softmax, lac, aps, raps)"
             )
         self.class_lists()
-        if self.results_dir and not os.path.isabs(self.results_dir):
-            raise ValueError(f"run config: results-dir must be an absolute path (or ''), got {self.results_dir!r}")
+        for dir_name in ("results_dir", "data_dir"):
+            value = getattr(self, dir_name)
+            if value and not os.path.isabs(value):
+                raise ValueError(f"run config: {_key(dir_name)} must be an absolute path (or ''), got {value!r}")
 
     # ------------------------------------------------------------------ derived values
     def to_run_config(self) -> dict[str, Any]:

@@ -16,8 +16,9 @@ Contents
 - Federated CIFAR-10 training data: :func:`load_cifar10_train_dataset` (the shared training JPEGs as a
   partitionable :class:`datasets.Dataset`) and :func:`cifar10_train_client_splits` (per client: training images
   of its classes, plus calibration and test images held out from the CIFAR-10 test set).
-- :func:`shared_data_dir` and :func:`require_shared` locate the project's shared data folder
-  (``../shared/data`` from the repository root, or the ``FLWR_GCFCP_DATA`` environment variable).
+- :func:`shared_data_dir` and :func:`require_shared` locate the project's shared data folder (an explicit
+  ``data-dir``, the ``FLWR_GCFCP_DATA`` environment variable, or ``../shared/data`` next to the package's source
+  checkout, also when Flower runs the app from its copy under ``$FLWR_HOME/apps``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = [
     "load_cifar10_train_dataset",
     "ImageClientSplit",
     "cifar10_train_client_splits",
+    "data_dir_candidates",
     "shared_data_dir",
     "require_shared",
 ]
@@ -72,24 +74,70 @@ _OUTPUT_KEYS = ("logits", "probs", "log_probs")
 # ----------------------------------------------------------------------------------------------
 # Shared data folder
 # ----------------------------------------------------------------------------------------------
-def shared_data_dir() -> Path:
+def data_dir_candidates(data_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, Path]]:
+    """Where the shared data folder is looked for, in order, each with how it was chosen.
+
+    An explicit ``data_dir`` (the run config's ``data-dir``) is the only candidate when given, as is
+    ``$FLWR_GCFCP_DATA`` when set. Otherwise ``../shared/data`` next to the repository checkout of this package's
+    source: first the checkout this module is imported from, then the source directory recorded by pip for the
+    installed ``flwr-gcfcp`` distribution (``direct_url.json``). The second matters under ``flwr run``, whose apps
+    import this package from a copy under ``$FLWR_HOME/apps/``, far from the checkout.
+    """
+    if data_dir is not None and str(data_dir).strip():
+        return [("data-dir", Path(str(data_dir).strip()).expanduser())]
+    env = os.environ.get(DATA_ENV_VAR, "").strip()
+    if env:
+        return [(DATA_ENV_VAR, Path(env).expanduser())]
+    out = [("this package's checkout", Path(__file__).resolve().parents[2].parent / "shared" / "data")]
+    source = _installed_source_dir()
+    if source is not None:
+        cand = source.parent / "shared" / "data"
+        if all(cand != p for _, p in out):
+            out.append(("the installed flwr-gcfcp's source directory", cand))
+    return out
+
+
+def _installed_source_dir() -> Path | None:
+    """The local directory the ``flwr-gcfcp`` distribution was installed from (``pip install -e .``), if any."""
+    import importlib.metadata
+    import json
+    from urllib.parse import unquote, urlparse
+
+    try:
+        text = importlib.metadata.distribution("flwr-gcfcp").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if not text:
+        return None
+    url = urlparse(str(json.loads(text).get("url", "")))
+    if url.scheme != "file":
+        return None
+    return Path(unquote(url.path)).resolve()
+
+
+def shared_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """Return the folder holding the project's shared (non-redistributable) data.
+
+    Parameters
+    ----------
+    data_dir : str or path-like, optional
+        An explicit folder (the run config's ``data-dir``); it wins over everything else.
 
     Returns
     -------
     pathlib.Path
-        ``$FLWR_GCFCP_DATA`` when that environment variable is set and non-empty, otherwise
-        ``<repository root>/../shared/data``. The folder may not exist (e.g. on a user's machine).
+        The first existing folder of :func:`data_dir_candidates` (``data_dir``, ``$FLWR_GCFCP_DATA``, or
+        ``../shared/data`` next to the package's source checkout); the first candidate when none exists (the
+        folder may not exist, e.g. on a user's machine).
     """
-    env = os.environ.get(DATA_ENV_VAR, "").strip()
-    if env:
-        return Path(env).expanduser()
-    repo_root = Path(__file__).resolve().parents[2]
-    return repo_root.parent / "shared" / "data"
+    candidates = data_dir_candidates(data_dir)
+    return next((p for _, p in candidates if p.is_dir()), candidates[0][1])
 
 
-def require_shared(relpath: str | os.PathLike[str], skip: bool = True) -> Path:
-    """Return ``shared_data_dir() / relpath``, skipping the calling test when it is absent.
+def require_shared(
+    relpath: str | os.PathLike[str], skip: bool = True, data_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Return ``shared_data_dir(data_dir) / relpath``, skipping the calling test when it is absent.
 
     Parameters
     ----------
@@ -98,18 +146,22 @@ def require_shared(relpath: str | os.PathLike[str], skip: bool = True) -> Path:
     skip : bool, default True
         When the file is missing, call ``pytest.skip`` with a message naming the path (for tests);
         with ``skip=False`` raise :class:`FileNotFoundError` instead.
+    data_dir : str or path-like, optional
+        An explicit shared data folder (the run config's ``data-dir``).
 
     Returns
     -------
     pathlib.Path
         The existing path.
     """
-    path = shared_data_dir() / Path(relpath)
-    if path.exists():
-        return path
+    candidates = data_dir_candidates(data_dir)
+    for _, folder in candidates:
+        if (folder / Path(relpath)).exists():
+            return folder / Path(relpath)
+    looked = "; ".join(f"{str(folder / Path(relpath))!r} ({how})" for how, folder in candidates)
     message = (
-        f"shared data file {str(relpath)!r} not found at {str(path)!r}; set {DATA_ENV_VAR} to the folder "
-        "holding the shared data (see ../shared/data/README.md) to run this check"
+        f"shared data file {str(relpath)!r} not found; looked at {looked}. Pass the folder holding the shared data "
+        f"as the run config's data-dir (absolute) or set {DATA_ENV_VAR} (see ../shared/data/README.md)"
     )
     if skip:
         import pytest  # lazy: only tests use the skipping form

@@ -5,9 +5,10 @@
 Starts one ``flower-superlink`` and N ``flower-supernode`` processes on 127.0.0.1 (free ports unless given), each
 SuperNode with node config ``partition-id=i num-partitions=N``; writes a private ``FLWR_HOME`` whose
 ``config.toml`` names a ``localdeploy`` connection to that SuperLink; runs ``flwr run <app> localdeploy --stream``
-from a neutral temporary directory; waits for ``results.json``; and always (try/finally) stops every process it
-started, by process group, plus any ``flower-superexec`` / ``flwr-clientapp`` descendants they spawned (those run
-in their own sessions). Exit status 0 only when results.json was written.
+from a neutral temporary directory; waits for the run's own folder under ``--results-dir`` (the ``latest`` link)
+to report ``ok`` or ``failed`` in its ``status.json``; and always (try/finally) stops every process it started, by
+process group, plus any ``flower-superexec`` / ``flwr-clientapp`` descendants they spawned (those run in their own
+sessions). Exit status 0 only when the run succeeded.
 
 Secure by default: a fresh CA and a server certificate for ``127.0.0.1`` / ``localhost`` (:func:`make_tls_files`)
 give the SuperLink TLS, and SuperNode authentication is on (``--enable-supernode-auth``): every SuperNode gets its
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from flwr_gcfcp.app import status as run_status
 
 QUIET_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -336,9 +339,17 @@ def main(argv: list[str] | None = None) -> int:
     if not (app_dir / "pyproject.toml").is_file():
         ap.error(f"--app {app_dir} has no pyproject.toml")
     results_dir = Path(args.results_dir).resolve() if args.results_dir else Path.cwd() / "results-deploy"
-    results_json = results_dir / "results.json"
-    if results_json.exists():
-        results_json.unlink()
+    previous_run = run_status.latest_run(results_dir)  # this run gets its own folder; wait for a new one
+
+    def finished_run() -> Path | None:
+        """The new run's folder once its status.json says ok or failed."""
+        run = run_status.latest_run(results_dir)
+        if run is None or run == previous_run:
+            return None
+        try:
+            return run if run_status.read_status(run)["status"] in ("ok", "failed") else None
+        except (OSError, ValueError, KeyError):
+            return None
 
     keep = args.workdir is not None
     work = Path(args.workdir).resolve() if keep else Path(tempfile.mkdtemp(prefix="gcfcp-deploy-"))
@@ -418,22 +429,27 @@ def main(argv: list[str] | None = None) -> int:
         th = threading.Thread(target=pump, daemon=True)
         th.start()
         while time.monotonic() < deadline:
-            if results_json.exists() and _complete(results_json):
+            if finished_run() is not None:
                 break
-            if runner.poll() is not None and not results_json.exists():
+            if runner.poll() is not None:
                 # --stream may return before the ServerApp finishes writing: give it a moment
                 grace = time.monotonic() + 30
-                while time.monotonic() < grace and not results_json.exists():
+                while time.monotonic() < grace and finished_run() is None:
                     time.sleep(0.5)
                 break
             for p in procs[1 : n + 1]:
                 if p.poll() is not None:
                     print(f"[deploy] warning: SuperNode pid {p.pid} exited with {p.returncode}", flush=True)
             time.sleep(0.5)
-        if results_json.exists() and _complete(results_json):
-            print(f"[deploy] results: {results_json} ({time.monotonic() - t0:.1f} s)", flush=True)
+        run = finished_run()
+        if run is not None and run_status.check(run)[0] == 0:
+            print(f"[deploy] results: {run / 'results.json'} ({time.monotonic() - t0:.1f} s)", flush=True)
             return 0
-        print(f"[deploy] no results.json after {time.monotonic() - t0:.1f} s; logs in {work}", flush=True)
+        if run is not None:
+            print(f"[deploy] the run failed: {run_status.check(run)[1]}; logs in {work}", flush=True)
+        else:
+            print(f"[deploy] no finished run in {results_dir} after {time.monotonic() - t0:.1f} s; logs in {work}",
+                  flush=True)
         _tail_logs(work)
         return 1
     except RuntimeError as err:  # a process that did not start, or a key the SuperLink did not register
@@ -447,16 +463,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[deploy] stopped {len(procs)} process group(s)", flush=True)
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _complete(path: Path) -> bool:
-    import json
-
-    try:
-        json.loads(path.read_text())
-        return True
-    except (OSError, ValueError):
-        return False
 
 
 def _tail_logs(work: Path, n_lines: int = 30) -> None:

@@ -16,21 +16,27 @@ from flwr_gcfcp.app.config import AppConfig
 from flwr_gcfcp.app.partitions import dataset_kind, fold_classes, n_classes_of
 
 
-def resolve_outputs_path(path: str) -> Path:
-    """``outputs-path``: absolute as given; relative to the shared data folder (``$FLWR_GCFCP_DATA``)."""
+def resolve_outputs_path(path: str, data_dir: str = "") -> Path:
+    """``outputs-path``: absolute as given; relative to the shared data folder (``data-dir``, ``$FLWR_GCFCP_DATA``
+    or ``../shared/data`` next to the package's checkout: ``datasets.shared_data_dir``)."""
     from flwr_gcfcp.app import datasets as data_mod
 
     p = Path(str(path).strip()).expanduser()
-    return p if p.is_absolute() else data_mod.shared_data_dir() / p
+    if p.is_absolute():
+        return p
+    try:
+        return data_mod.require_shared(p, skip=False, data_dir=data_dir)
+    except FileNotFoundError:
+        return data_mod.shared_data_dir(data_dir) / p
 
 
 def load_outputs(cfg: AppConfig) -> tuple[np.ndarray, np.ndarray]:
     """(probs (n, L) float64, labels (n,) int64) of ``outputs-path`` (``data.load_model_outputs``)."""
-    path = resolve_outputs_path(cfg.outputs_path)
+    path = resolve_outputs_path(cfg.outputs_path, cfg.data_dir)
     if not path.is_file():
         raise FileNotFoundError(
             f"run config: outputs-path={cfg.outputs_path!r} not found (looked at {str(path)!r}; relative paths are "
-            "read from the shared data folder, ../shared/data or $FLWR_GCFCP_DATA)"
+            "read from the shared data folder: data-dir, $FLWR_GCFCP_DATA or ../shared/data next to the checkout)"
         )
     return _load_outputs_cached(str(path))
 

@@ -39,6 +39,7 @@ def load_client_data(cfg: AppConfig, partition_id: int, num_partitions: int) -> 
         int(cfg.seed),
         int(partition_id),
         int(num_partitions),
+        cfg.data_dir,
     )
 
 
@@ -51,6 +52,7 @@ def _load_client_data_cached(
     seed: int,
     partition_id: int,
     num_partitions: int,
+    data_dir: str = "",
 ) -> ClientData:
     from flwr_gcfcp.app import datasets as data_mod
 
@@ -58,7 +60,7 @@ def _load_client_data_cached(
     classes = fold_classes(cfg.class_lists(), num_partitions)
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id must be in [0, {num_partitions}), got {partition_id!r}")
-    ds = _load_dataset(data_mod, dataset)
+    ds = _load_dataset(data_mod, dataset, data_dir)
     n_classes = DATASETS[_dataset_key(dataset)]["n_classes"]
     part = data_mod.partition_by_client_classes(ds, classes, seed=seed)[partition_id]
     # test split first, then calibration out of the rest (fractions are of the whole partition)
@@ -106,12 +108,13 @@ def _cifar_inputs(x):
     return cifar_transform(x)
 
 
-def _digits_dataset(data_mod):
+def _digits_dataset(data_mod, data_dir: str):
     return data_mod.load_digits_dataset()
 
 
-def _cifar10_test_dataset(data_mod):
-    images, labels = data_mod.load_cifar10_npz(data_mod.require_shared("cifar10/cifar10_test_jpeg_q75.npz", skip=False))
+def _cifar10_test_dataset(data_mod, data_dir: str):
+    path = data_mod.require_shared("cifar10/cifar10_test_jpeg_q75.npz", skip=False, data_dir=data_dir)
+    images, labels = data_mod.load_cifar10_npz(path)
     return data_mod.arrays_to_dataset(images, labels, n_classes=10)  # uint8 HWC; normalised per client
 
 
@@ -159,7 +162,8 @@ def n_classes_of(dataset: str) -> int:
 
 
 @lru_cache(maxsize=2)
-def _load_dataset(data_mod, dataset: str):
-    return DATASETS[_dataset_key(dataset)]["load"](data_mod)
+def _load_dataset(data_mod, dataset: str, data_dir: str = ""):
+    """The whole data set (``data_dir``: the run config's ``data-dir``, for data sets of the shared folder)."""
+    return DATASETS[_dataset_key(dataset)]["load"](data_mod, data_dir)
 
 

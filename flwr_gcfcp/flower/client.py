@@ -19,8 +19,10 @@ outputs. A callback may also return a :class:`ModelOutputs` for regression (``pr
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -102,6 +104,16 @@ class _Local:
     groups: GroupSpec
 
 
+def describe_exception(exc: BaseException) -> str:
+    """``Type: first line of the message (file.py:line)``: where the exception was raised, in one line."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        text += f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})"
+    return text
+
+
 def _as_outputs(value: Any) -> ModelOutputs:
     if isinstance(value, ModelOutputs):
         return value
@@ -155,7 +167,11 @@ def _score_split(
     model_outputs: ModelOutputsFn, msg: Message, context: Context, rc: RoundConfig, client: int
 ) -> _Local:
     arrays = msg.content.array_records.get(MODEL_KEY, ArrayRecord())
-    out = _as_outputs(model_outputs(arrays, _user_context(msg, context), rc.split))
+    try:
+        raw = model_outputs(arrays, _user_context(msg, context), rc.split)
+    except Exception as exc:  # the user's code: one line back to the server, not a traceback per node
+        raise OutputsError(f"model_outputs raised {describe_exception(exc)}") from exc
+    out = _as_outputs(raw)
     stream = "cal" if rc.split == SPLIT_CALIBRATION else "test"
     if rc.score == REGRESSION_SCORE:
         if out.predictions is None or out.targets is None:
@@ -305,7 +321,9 @@ def register_conformal_handlers(app: ClientApp, model_outputs: ModelOutputsFn) -
     -----
     Outputs with wrong shapes, NaN, rows that are not probabilities or labels out of range, and requests of another
     protocol version, get an error reply (code 2) whose reason names the problem; the server excludes the node and
-    reports the reason. Exceptions raised inside ``model_outputs`` itself reach Flower as usual (also code 2).
+    reports the reason. An exception raised inside ``model_outputs`` (a missing data file, ...) gets the same kind of
+    reply, its reason one line: the exception's type, message and where it was raised (no traceback, so that N
+    failing nodes give N short lines in the server log).
     """
     if not callable(model_outputs):
         raise TypeError(f"model_outputs must be callable, got {model_outputs!r}")

@@ -22,8 +22,10 @@ the thresholds are still written and the report says so.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -49,6 +51,7 @@ from .protocol import (
     CONFIG_KEY,
     COUNTS_KEY,
     EVALUATE_MESSAGE_TYPE,
+    META_KEY,
     MODEL_KEY,
     PAYLOAD_KEY,
     PREDICTOR_KEY,
@@ -156,15 +159,48 @@ class PollingGrid(Grid):
         return out
 
 
+def one_line_reason(text: str, limit: int = 400) -> str:
+    """One line of an error text: the exception line of an embedded traceback (Ray and Flower put whole tracebacks
+    into error replies), else its first line; cut at ``limit`` characters."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    line = lines[0]
+    if any(ln.startswith("Traceback (most recent call last)") for ln in lines):
+        exc_lines = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b:?", ln)]
+        line = exc_lines[-1] if exc_lines else lines[-1]
+        if not line.startswith(lines[0]) and not lines[0].startswith("Traceback"):
+            line = f"{lines[0]} {line}"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def _error_reason(msg: Message) -> str:
     code = int(msg.error.code)
-    return f"error code {code} ({ERROR_CODE_NAMES.get(code, 'error')}): {msg.error.reason}"
+    return f"error code {code} ({ERROR_CODE_NAMES.get(code, 'error')}): {one_line_reason(msg.error.reason)}"
+
+
+def _reply_order(reply: Message) -> tuple[int, str]:
+    """Sort key of a usable reply that does not depend on arrival order or node ids (random per run): the
+    ``partition-id`` the node reports in its meta record, then a hash of its arrays."""
+    pid = None
+    if META_KEY in reply.content.config_records:
+        value = reply.content.config_records[META_KEY].get("partition-id")
+        pid = value if isinstance(value, int) and not isinstance(value, bool) else None
+    h = hashlib.sha256()
+    for name, record in sorted(reply.content.array_records.items()):
+        for key, arr in sorted(record.items()):
+            h.update(f"{name}/{key}".encode())
+            h.update(arr.data)
+    return (pid if pid is not None else 1 << 62, h.hexdigest())
 
 
 def sort_replies(
     messages: Sequence[Message], replies: Sequence[Message], timeout: float
 ) -> tuple[dict[int, Message], dict[int, str]]:
-    """(usable replies by node, failure reason by node) for the ``messages`` sent in one round."""
+    """(usable replies by node, failure reason by node) for the ``messages`` sent in one round.
+
+    The usable replies are ordered by :func:`_reply_order`, not by arrival: every sum over clients downstream
+    (digest merges, weights, counts) is then the same in every run with the same data."""
     by_msg_id = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages}
     ok: dict[int, Message] = {}
     failed: dict[int, str] = {}
@@ -184,6 +220,7 @@ def sort_replies(
     for nid in by_msg_id.values():
         if nid not in ok and nid not in failed:
             failed[nid] = f"no reply within the timeout ({timeout:g} s)"
+    ok = dict(sorted(ok.items(), key=lambda item: _reply_order(item[1])))
     return ok, failed
 
 
