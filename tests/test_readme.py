@@ -1,6 +1,7 @@
 """README.md cannot drift from the code: every ```python block and every command of every ```bash block is taken
 from the file and run (the `flwr run` and deployment commands in the slow tests); a command that is not run says
-why in SKIPPED."""
+why in SKIPPED. The docs it links cannot drift either: every local link resolves, the Python snippets of
+docs/results.md run, and every `flwr run` command of docs/*.md has a run config the app accepts."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from flwr_gcfcp.app import status as run_status
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
+DOCS = sorted((REPO / "docs").glob("*.md"))
+#: Docs whose ```python blocks run as they are (after the embedded default, like the README's).
+RUNNABLE_DOCS = (REPO / "docs" / "results.md",)
 ENV_PREFIX = "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 "
 
 #: Commands (or parts of `a && b` commands) that are not run, with the reason.
@@ -33,20 +37,21 @@ FAST = ("python -m flwr_gcfcp.app.status",)
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
-def sections() -> list[tuple[str, str]]:
+def sections(path: Path = README) -> list[tuple[str, str]]:
     """(heading, body) of every ``##``/``###`` section."""
-    parts = re.split(r"^(#{2,4} .*)$", README.read_text(), flags=re.M)
+    parts = re.split(r"^(#{2,4} .*)$", path.read_text(), flags=re.M)
     return [(parts[i].lstrip("#").strip(), parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
 
 
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    return [block for path in (README, *RUNNABLE_DOCS)
+            for block in re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)]
 
 
-def bash_commands() -> list[tuple[str, str]]:
+def bash_commands(path: Path = README) -> list[tuple[str, str]]:
     """(section heading, command) for every command line of every ```bash block (`&&` parts split)."""
     out = []
-    for heading, body in sections():
+    for heading, body in sections(path):
         for block in re.findall(r"```bash\n(.*?)```", body, flags=re.S):
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.strip()
@@ -67,7 +72,7 @@ def kind(command: str) -> str:
 
 def test_every_command_is_run_or_skipped_with_a_reason():
     commands = bash_commands()
-    assert len(commands) >= 10
+    assert len(commands) >= 6  # install + run, install + test, status check, the user app's run
     unclassified = [c for _, c in commands if kind(c) == "unclassified"]
     assert not unclassified, f"README commands this test does not run; add them to SLOW, FAST or SKIPPED: {unclassified}"
 
@@ -77,6 +82,61 @@ def test_every_flwr_run_disables_dependency_installation():
     for _, command in bash_commands():
         if "flwr run" in command:
             assert command.startswith(ENV_PREFIX + "flwr run"), command
+
+
+def _links(path: Path) -> list[str]:
+    """Targets of the markdown links of ``path`` outside code blocks and code spans."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return re.findall(r"\]\(([^)\s]+)\)", text)
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of the headings of ``path``."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", text, flags=re.M)}
+
+
+@pytest.mark.parametrize("doc", [README, *DOCS], ids=lambda p: p.relative_to(REPO).as_posix())
+def test_local_links_resolve(doc):
+    """Every link of the README and docs/ to a local path (and heading anchor) exists."""
+    broken = []
+    for target in _links(doc):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:, ...
+            continue
+        path_part, _, anchor = target.partition("#")
+        dest = (doc.parent / path_part).resolve() if path_part else doc
+        if not dest.exists():
+            broken.append(target)
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            broken.append(f"{target} (no such heading)")
+    assert not broken, f"{doc.relative_to(REPO)}: broken links {broken}"
+
+
+def _doc_flwr_runs() -> list[tuple[str, str]]:
+    return [(doc.name, c) for doc in [README, *DOCS] for _, c in bash_commands(doc)
+            if "flwr run ." in c and ("--run-config" in c or "--federation-config" in c)]
+
+
+def test_doc_flwr_run_commands_have_valid_run_configs():
+    """The `flwr run` commands moved out of the README into docs/ are not run here (CI time); their run configs (a
+    preset file or inline keys) must still be accepted by the app, and each works alone on a fresh machine."""
+    import shlex
+
+    from flwr.common.config import parse_config_args
+
+    from flwr_gcfcp.app.config import AppConfig
+
+    runs = _doc_flwr_runs()
+    assert any(name == "presets.md" for name, _ in runs)
+    for name, command in runs:
+        assert command.startswith(ENV_PREFIX + "flwr run"), (name, command)
+        args = shlex.split(command.replace("$PWD", str(REPO)))
+        configs = [args[i + 1] for i, a in enumerate(args) if a == "--run-config"]
+        for cfg in configs:
+            if cfg.endswith(".toml"):
+                assert (REPO / cfg).is_file(), (name, cfg)
+            AppConfig.from_mapping(parse_config_args([str(REPO / cfg) if cfg.endswith(".toml") else cfg]))
 
 
 @pytest.fixture(scope="module")
