@@ -8,7 +8,8 @@ data files are checked, and the nodes counted against ``client-classes``. Each r
 ``<results-dir>/<UTC time>-<dataset>-<config hash>/`` (``results-dir`` absolute; default ``<cwd>/results``, and
 ``<results-dir>/latest`` points at it): run_config.json, status.json (``running``, then ``ok`` or ``failed`` with
 the reason: :mod:`flwr_gcfcp.app.status`), results.json, results.md, coverage.png, model.npz and one
-``predictor_<method>.json`` per method.
+``predictor_<method>.json`` per method. With training, each round logs the accuracy of the global model on the
+nodes' test images, and results.json records ``accuracy_before``, ``accuracy_after`` and ``training_rounds``.
 """
 
 from __future__ import annotations
@@ -139,8 +140,9 @@ def _cast_like(arrays: ArrayRecord, replies: Mapping[str, ArrayRecord]) -> Array
 
 
 def initial_arrays(cfg: AppConfig) -> ArrayRecord:
-    """Initial global model: a seeded SmallCNN, the shared pretrained ResNet-56 for cifar10-test-resnet56, the
-    fitted linear model for regression, nothing (an empty record) for stored outputs."""
+    """Initial global model: a seeded SmallCNN, the shared pretrained ResNet-56 for cifar10-test-resnet56, the run
+    config's ``model`` for cifar10-train, the fitted linear model for regression, nothing (an empty record) for
+    stored outputs."""
     kind = dataset_kind(cfg.dataset)
     if kind == "outputs":  # the stored outputs are the model: nothing to send
         return ArrayRecord()
