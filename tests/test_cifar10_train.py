@@ -458,7 +458,9 @@ def test_preset_through_flwr_run(app_data_dir, tmp_path, flwr_env):
     assert 0.0 <= data["accuracy_before"] <= 1.0 and 0.0 <= data["accuracy_after"] <= 1.0
     assert sorted(c["n_calibration"] for c in data["calibration_clients"]) == [10] * 5
     assert not data["excluded_clients"] and data["status"] == "evaluated"
-    assert "[training] round 1: accuracy of the global model before training" in proc.stdout + proc.stderr
+    log = proc.stdout + proc.stderr
+    assert "[training] accuracy of the global model before training: " in log
+    assert "[training] accuracy of the global model after round 1: " in log
 
 
 # ----------------------------------------------------------------------------------------------

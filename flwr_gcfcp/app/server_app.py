@@ -122,8 +122,8 @@ class OrderedFedAvg(FedAvg):
         self.losses.append(loss)
         if total:
             what = "before training" if server_round == 1 else f"after round {server_round - 1}"
-            log(INFO, "[training] round %d: accuracy of the global model %s %.4f on %d test images; mean local "
-                "loss %s", server_round, what, entry["accuracy"], total, "-" if loss is None else f"{loss:.4f}")
+            log(INFO, "[training] accuracy of the global model %s: %.4f on %d test images (round %d: mean local "
+                "loss %s)", what, entry["accuracy"], total, server_round, "-" if loss is None else f"{loss:.4f}")
         return arrays, metrics
 
 
