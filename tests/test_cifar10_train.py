@@ -290,6 +290,180 @@ def test_preset_reports_missing_data(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------
+# the preset as the bundled Flower app runs it (dataset "cifar10-train")
+# ----------------------------------------------------------------------------------------------
+PRESET = Path(__file__).resolve().parent.parent / "simulations" / "conf" / "cifar10_fedavg.toml"
+
+
+@pytest.fixture(scope="module")
+def app_data_dir(cifar_dir):
+    """The generated data folder plus a (seeded, untrained) ResNet-20 checkpoint in the shared weights' format."""
+    from flwr_gcfcp.app.models import PRETRAINED_CIFAR_RESNET_FILES, cifar_resnet
+
+    root = cifar_dir["root"]
+    path = root / PRETRAINED_CIFAR_RESNET_FILES[20]
+    if not path.is_file():
+        path.parent.mkdir(exist_ok=True)
+        torch.manual_seed(11)
+        state = {f"module.{k}": v for k, v in cifar_resnet(20).state_dict().items()}
+        torch.save({"state_dict": state}, path)
+    return root
+
+
+def _preset_config(root: Path, results: Path, **overrides):
+    import tomllib
+
+    from flwr_gcfcp.app.config import AppConfig
+
+    conf = tomllib.loads(PRESET.read_text())
+    base = {"data-dir": str(root), "results-dir": str(results), "plot": False, "calibration-timeout": 60.0,
+            "images-per-client": 4, "num-server-rounds": 1}
+    return AppConfig.from_mapping({**conf, **base, **overrides})
+
+
+@pytest.mark.usefixtures("restore_torch_threads")
+@pytest.mark.filterwarnings("ignore::flwr_gcfcp.core.validation.InsufficientDataWarning")  # 10 calibration images
+def test_preset_through_the_app_in_process(app_data_dir, tmp_path):
+    """The preset through the bundled ServerApp/ClientApp: the trained model equals FedAvg computed here with the
+    script's recipe (same splits, seeds per round and client, momentum, weight decay, augmentation), the accuracy
+    before/after equals the models' accuracy on the clients' test images, and the conformal rounds ran on the
+    held-out images (10 calibrating per client: >= 9, so no client is excluded)."""
+    from flwr_gcfcp.app import server_app
+    from flwr_gcfcp.app.client_app import app as client_app
+    from flwr_gcfcp.app.models import PRETRAINED_CIFAR_RESNET_FILES, cifar_transform, get_weights, make_cifar10_model
+    from flwr_gcfcp.app.status import check
+    from flwr_gcfcp.app.training import predict_logits, train
+    from flwr_gcfcp.flower.inprocess import InProcessGrid
+    from simulations.cifar10_fedavg import federated_average
+
+    root = app_data_dir
+    cfg = _preset_config(root, tmp_path / "res")
+    assert cfg.dataset == "cifar10-train" and cfg.model == "resnet20-pretrained"
+    result = server_app.run(InProcessGrid(client_app, 5), cfg)
+    assert check(tmp_path / "res")[0] == 0
+
+    # FedAvg computed here (the script's federated_average: float64 mean, integer buffers rounded)
+    weights = root / PRETRAINED_CIFAR_RESNET_FILES[20]
+    splits = D.cifar10_train_client_splits(PAPER_SPLIT, 4, calibration_fraction=0.5, seed=0,
+                                           train_path=root / D.CIFAR10_TRAIN_FILE, test_path=root / D.CIFAR10_TEST_FILE)
+    initial = make_cifar10_model("resnet20-pretrained", weights_path=weights)
+    states = []
+    for k, s in enumerate(splits):
+        local = make_cifar10_model("resnet20-pretrained", weights_path=weights)
+        train(local, cifar_transform(s.x_train), s.y_train, epochs=1, lr=0.003, batch_size=128,
+              seed=0 * 100_003 + 1 * 101 + k, momentum=0.9, weight_decay=5e-4, augment=True)
+        states.append(get_weights(local))
+    expected = federated_average(states, [len(s.y_train) for s in splits])
+    names = list(initial.state_dict())
+    got = result.arrays
+    assert list(got.keys()) == names
+    for name, want in zip(names, expected):
+        have = got[name].numpy()
+        assert have.dtype == want.dtype, name
+        if np.issubdtype(want.dtype, np.integer):  # BatchNorm's num_batches_tracked: one batch per client
+            assert np.array_equal(have, want) and int(want) == 1, name
+        else:
+            np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert not np.array_equal(got["linear.weight"].numpy(), initial.state_dict()["linear.weight"].numpy())
+
+    def accuracy(model) -> float:
+        hits = [int(np.sum(predict_logits(model, cifar_transform(s.x_test)).argmax(axis=1) == s.y_test)) for s in splits]
+        return sum(hits) / sum(len(s.y_test) for s in splits)
+
+    final = make_cifar10_model("resnet20")
+    final.load_state_dict(got.to_torch_state_dict())
+    data = json.loads(Path(result.files["json"]).read_text())
+    assert data["accuracy_before"] == accuracy(initial)
+    assert data["accuracy_after"] == accuracy(final)
+    rounds = data["training_rounds"]
+    assert [r["round"] for r in rounds] == [0, 1] and [r["n"] for r in rounds] == [50, 50]
+    assert rounds[0]["train_loss"] is None and rounds[1]["train_loss"] > 0
+    # the conformal rounds on the held-out images: 10 calibrate and 10 test per client
+    assert sorted(c["n_calibration"] for c in data["calibration_clients"]) == [10] * 5
+    assert not data["excluded_clients"]
+    assert set(data["methods"]) == {"split_cp", "fedcp", "condcp", "centralized_gcfcp", "gcfcp_delta250"}
+    for m in data["methods"].values():
+        assert m["n"] == 50 and len(m["group_coverage"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("model", "resnet18", r"model must be one of \('resnet20-pretrained', 'resnet20', 'smallcnn'\), got 'resnet18'"),
+        ("images-per-client", 0, "images-per-client must be >= 1, got 0"),
+        ("heldout-per-client", 1, "heldout-per-client must be 0 .* or >= 2 .*got 1"),
+        ("heldout-per-client", -3, "heldout-per-client must be 0 .* or >= 2 .*got -3"),
+    ],
+)
+def test_preset_keys_are_checked(key, value, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        _preset_config(tmp_path, tmp_path / "res", **{key: value})
+
+
+@pytest.mark.usefixtures("restore_torch_threads")
+def test_missing_pretrained_weights_fail_before_training(cifar_dir, tmp_path):
+    from flwr_gcfcp.app import server_app
+    from flwr_gcfcp.app.client_app import app as client_app
+    from flwr_gcfcp.flower.inprocess import InProcessGrid
+
+    empty = tmp_path / "data"
+    empty.mkdir()
+    grid = InProcessGrid(client_app, 5)
+    with pytest.raises(FileNotFoundError, match="weights/resnet20-12fca82f.th.*data-dir"):
+        server_app.run(grid, _preset_config(empty, tmp_path / "res"))
+    assert not grid.sent
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v) if isinstance(v, str) else repr(v)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_preset_through_flwr_run(app_data_dir, tmp_path, flwr_env):
+    """`flwr run . --run-config simulations/conf/cifar10_fedavg.toml` on a small slice of generated images (8 per
+    client, 20 held out, one round), the data folder given as data-dir: trains, calibrates and records the
+    accuracy before/after; the run folder's status is ok."""
+    import subprocess
+    import sys
+    import tomllib
+
+    from flwr_gcfcp.app import deploy
+    from flwr_gcfcp.app.status import check, latest_run
+
+    repo = PRESET.parent.parent.parent
+    base = tmp_path / "results"
+    conf = {**tomllib.loads(PRESET.read_text()), "data-dir": str(app_data_dir), "results-dir": str(base),
+            "images-per-client": 8, "heldout-per-client": 20, "num-server-rounds": 1}
+    merged = tmp_path / "cifar10_fedavg_small.toml"  # a toml cannot be mixed with key=value overrides
+    merged.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in conf.items()))
+    env = {k: v for k, v in flwr_env.items() if k != D.DATA_ENV_VAR}
+    exe = Path(sys.executable).parent / "flwr"
+    cmd = [str(exe) if exe.exists() else "flwr", "run", str(repo), "--federation-config",
+           "num-supernodes=5 client-resources-num-cpus=2", "--run-config", str(merged), "--stream"]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        code, line = check(base, wait=60)
+        assert code == 0, line + (proc.stdout + proc.stderr)[-3000:]
+    finally:
+        deploy.stop_pid_trees(deploy.pids_with_arg(flwr_env["FLWR_HOME"]))
+    data = json.loads((latest_run(base) / "results.json").read_text())
+    assert data["config"]["dataset"] == "cifar10-train" and data["config"]["images-per-client"] == 8
+    assert [r["round"] for r in data["training_rounds"]] == [0, 1]
+    assert 0.0 <= data["accuracy_before"] <= 1.0 and 0.0 <= data["accuracy_after"] <= 1.0
+    assert sorted(c["n_calibration"] for c in data["calibration_clients"]) == [10] * 5
+    assert not data["excluded_clients"] and data["status"] == "evaluated"
+    log = proc.stdout + proc.stderr
+    assert "[training] accuracy of the global model before training: " in log
+    assert "[training] accuracy of the global model after round 1: " in log
+
+
+# ----------------------------------------------------------------------------------------------
 # the shared files
 # ----------------------------------------------------------------------------------------------
 def test_real_training_images_and_pretrained_resnet20():

@@ -267,9 +267,21 @@ FAST_PRESETS = {  # preset -> (shared file it needs, number of groups)
 }
 
 
+MODEL_PRESETS = {  # presets that score images with a torch model: (dataset, num-server-rounds)
+    "cifar10_resnet56_pretrained": ("cifar10-test-resnet56", 0),  # run below (slow)
+    "cifar10_fedavg": ("cifar10-train", 3),  # run on generated images in tests/test_cifar10_train.py
+}
+
+
 def test_every_preset_is_covered_here():
-    # cifar10_fedavg runs in process in tests/test_cifar10_train.py until the app accepts dataset "cifar10-train"
-    assert {p.stem for p in CONF.glob("*.toml")} == set(FAST_PRESETS) | {"cifar10_resnet56_pretrained", "cifar10_fedavg"}
+    assert {p.stem for p in CONF.glob("*.toml")} == set(FAST_PRESETS) | set(MODEL_PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_PRESETS))
+def test_model_presets_are_app_configs(name, tmp_path):
+    cfg = _preset(name, tmp_path)
+    assert (cfg.dataset, cfg.num_server_rounds) == MODEL_PRESETS[name]
+    assert partitions.dataset_kind(cfg.dataset) == "model"
 
 
 @pytest.mark.parametrize("name", sorted(FAST_PRESETS))
@@ -295,11 +307,6 @@ def test_real_preset_in_process(name, tmp_path):
             assert min(data["methods"]["gcfcp_delta250"]["group_coverage"]) >= 0.88
     if name == "cifar10":
         _assert_same_thresholds(result, _outputs_core(cfg, data_mod.shared_data_dir() / needs, 5))
-
-
-def test_pretrained_preset_is_a_zero_round_model_run(tmp_path):
-    cfg = _preset("cifar10_resnet56_pretrained", tmp_path)
-    assert cfg.num_server_rounds == 0 and partitions.dataset_kind(cfg.dataset) == "model"
 
 
 @pytest.mark.slow

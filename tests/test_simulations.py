@@ -343,11 +343,6 @@ def test_parser_lists_every_experiment():
         assert parser.parse_args([e]).experiment == e
 
 
-# Keys of presets the Flower app does not accept yet (issue 11: cifar10_fedavg runs in process through
-# simulations.cifar10_fedavg until the app is wired to dataset "cifar10-train"); delete an entry once wired.
-PRESET_KEYS_NOT_IN_APP = {"cifar10_fedavg.toml": {"model", "images-per-client", "heldout-per-client"}}
-
-
 def test_presets_use_known_run_config_keys():
     import tomllib
 
@@ -357,6 +352,4 @@ def test_presets_use_known_run_config_keys():
     assert presets, "no presets in simulations/conf"
     for preset in presets:
         keys = set(tomllib.loads(preset.read_text()))
-        pending = PRESET_KEYS_NOT_IN_APP.get(preset.name, set())
-        assert not pending & known, f"{preset.name}: {sorted(pending & known)} are app keys now: drop them above"
-        assert keys <= known | pending, f"{preset.name}: unknown keys {sorted(keys - known - pending)}"
+        assert keys <= known, f"{preset.name}: unknown keys {sorted(keys - known)}"

@@ -54,7 +54,15 @@ def _model_and_data(arrays: ArrayRecord, cfg: AppConfig, pid: int, npart: int):
 
     torch_model.configure_torch()
     data = load_client_data(cfg, pid, npart)
-    return torch_model.load_model(arrays, data.n_classes, cfg.dataset), data
+    return torch_model.load_model(arrays, data.n_classes, cfg.dataset, cfg.model), data
+
+
+def _correct(model, x: np.ndarray, y: np.ndarray, what: str) -> int:
+    from flwr_gcfcp.app import torch_model
+
+    if len(y) == 0:
+        return 0
+    return int(np.sum(torch_model.predict_proba(model, x, what).argmax(axis=1) == y))
 
 
 @app.train()
@@ -63,10 +71,16 @@ def train(msg: Message, context: Context) -> Message:
     from flwr_gcfcp.app import torch_model
 
     cfg, pid, npart = _setup(context, msg)
+    config = msg.content.config_records.get("config", {})
+    server_round = int(config.get("server-round", 1))  # FedAvg's round number seeds the local training
     model, data = _model_and_data(msg.content.array_records["arrays"], cfg, pid, npart)
-    loss = torch_model.train_local(model, data.x_train, data.y_train, cfg)
-    # partition-id: the server sums the updates in partition order (reproducible); it is removed before averaging
-    metrics = {"num-examples": int(len(data.y_train)), "partition-id": pid}
+    # accuracy of the global model this round starts from (round 1: before any training), for the server's log
+    correct = _correct(model, data.x_test, data.y_test, f"test images of partition {pid}")
+    loss = torch_model.train_local(model, data.x_train, data.y_train, cfg, server_round, pid)
+    # partition-id: the server sums the updates in partition order (reproducible); it is removed before averaging,
+    # as are the test counts
+    metrics = {"num-examples": int(len(data.y_train)), "partition-id": pid, "test-correct": correct,
+               "test-examples": int(len(data.y_test))}
     if np.isfinite(loss):
         metrics["train-loss"] = float(loss)
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
@@ -76,13 +90,11 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 @_one_line_errors
 def evaluate(msg: Message, context: Context) -> Message:
-    from flwr_gcfcp.app import torch_model
-
     cfg, pid, npart = _setup(context, msg)
     model, data = _model_and_data(msg.content.array_records["arrays"], cfg, pid, npart)
-    probs = torch_model.predict_proba(model, data.x_test)
-    acc = float(np.mean(probs.argmax(axis=1) == data.y_test))
-    metrics = MetricRecord({"num-examples": int(len(data.y_test)), "accuracy": acc})
+    correct = _correct(model, data.x_test, data.y_test, f"test images of partition {pid}")
+    n = int(len(data.y_test))
+    metrics = MetricRecord({"num-examples": n, "accuracy": correct / n if n else 0.0, "test-correct": correct})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 

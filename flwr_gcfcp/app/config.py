@@ -19,6 +19,9 @@ from flwr_gcfcp.core.groups import LabelSetGroups, parse_groups
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
+#: Models of the ``cifar10-train`` data set (the ``model`` key; built by :func:`flwr_gcfcp.app.models.make_cifar10_model`).
+CIFAR10_MODELS = ("resnet20-pretrained", "resnet20", "smallcnn")
+
 
 def parse_bool(key: str, value: Any) -> bool:
     """A run-config boolean (bool, 0/1, or 'true'/'false'/'yes'/'no'/'on'/'off')."""
@@ -37,6 +40,9 @@ class AppConfig:
 
     dataset: str = "digits"
     data_dir: str = ""
+    model: str = "resnet20-pretrained"
+    images_per_client: int = 1000
+    heldout_per_client: int = 0
     outputs_path: str = ""
     n_cal: int = 0
     client_classes: str = "0,1;2,3;4,5;6,7;8,9"
@@ -98,7 +104,17 @@ class AppConfig:
             if not 0.0 < v < 1.0:
                 raise ValueError(f"run config: {_key(frac_name)} must be in (0, 1), got {v!r}")
         kind = dataset_kind(self.dataset)
-        if kind == "model" and self.calibration_fraction + self.test_fraction >= 1.0:
+        if self.model not in CIFAR10_MODELS:
+            raise ValueError(f"run config: model must be one of {CIFAR10_MODELS}, got {self.model!r}")
+        if self.images_per_client < 1:
+            raise ValueError(f"run config: images-per-client must be >= 1, got {self.images_per_client!r}")
+        if self.heldout_per_client < 0 or self.heldout_per_client == 1:
+            raise ValueError(
+                "run config: heldout-per-client must be 0 (all of a client's held-out images) or >= 2 (one "
+                f"calibration and one test image), got {self.heldout_per_client!r}"
+            )
+        # cifar10-train holds calibration and test images out of the CIFAR-10 test images (test-fraction unused)
+        if kind == "model" and self.dataset != "cifar10-train" and self.calibration_fraction + self.test_fraction >= 1.0:
             raise ValueError(
                 "run config: calibration-fraction + test-fraction must be < 1 (the rest trains), got "
                 f"{self.calibration_fraction!r} + {self.test_fraction!r}"

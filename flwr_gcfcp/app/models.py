@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flwr_gcfcp.app.config import CIFAR10_MODELS as _CONFIG_CIFAR10_MODELS
+
 __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
@@ -223,8 +225,8 @@ PRETRAINED_CIFAR_RESNET_FILES = {
     44: "weights/resnet44-014dd654.th",
     56: "weights/resnet56-4bfd9763.th",
 }
-#: Models :func:`make_cifar10_model` builds for federated training on CIFAR-10 images.
-CIFAR10_MODELS = ("resnet20-pretrained", "resnet20", "smallcnn")
+#: Models :func:`make_cifar10_model` builds for federated training on CIFAR-10 images (the run config's ``model``).
+CIFAR10_MODELS = _CONFIG_CIFAR10_MODELS
 
 
 def make_cifar10_model(name: str, seed: int = 0, weights_path: str | os.PathLike[str] | None = None) -> nn.Module:

@@ -1,7 +1,8 @@
 """The bundled app's data sets and how the nodes split them (train / calibration / test per partition).
 
-Data sets by kind: ``"model"`` (images scored by a torch model the federation holds: the embedded ``digits``, or the
-pretrained CIFAR ResNet-56 on the shared CIFAR-10 test images), ``"outputs"`` (stored model outputs, see
+Data sets by kind: ``"model"`` (images scored by a torch model the federation holds: the embedded ``digits``, the
+shared CIFAR-10 training JPEGs (``cifar10-train``), or the pretrained CIFAR ResNet-56 on the shared CIFAR-10 test
+images), ``"outputs"`` (stored model outputs, see
 :mod:`.outputs`) and ``"regression"`` (the paper's §6.1 data, see :mod:`.outputs`).
 """
 
@@ -18,7 +19,7 @@ from flwr_gcfcp.app.config import AppConfig
 
 @dataclass
 class ClientData:
-    """One client's local splits (images float32 (n, 1, H, W), labels int64)."""
+    """One client's local splits (images float32 (n, C, H, W), labels int64)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -31,6 +32,17 @@ class ClientData:
 
 def load_client_data(cfg: AppConfig, partition_id: int, num_partitions: int) -> ClientData:
     """Partition the dataset with flwr-datasets (via ``data.py``) and split train / calibration / test."""
+    if _dataset_key(cfg.dataset) == "cifar10-train":
+        return _cifar10_train_client_data(
+            cfg.client_classes,
+            int(cfg.images_per_client),
+            int(cfg.heldout_per_client),
+            float(cfg.calibration_fraction),
+            int(cfg.seed),
+            int(partition_id),
+            int(num_partitions),
+            cfg.data_dir,
+        )
     return _load_client_data_cached(
         cfg.dataset,
         cfg.client_classes,
@@ -40,6 +52,42 @@ def load_client_data(cfg: AppConfig, partition_id: int, num_partitions: int) -> 
         int(partition_id),
         int(num_partitions),
         cfg.data_dir,
+    )
+
+
+@lru_cache(maxsize=4)
+def _cifar10_train_client_data(
+    client_classes: str,
+    images_per_client: int,
+    heldout_per_client: int,
+    calibration_fraction: float,
+    seed: int,
+    partition_id: int,
+    num_partitions: int,
+    data_dir: str,
+) -> ClientData:
+    """One client of ``cifar10-train``: the first ``images-per-client`` training JPEGs of its label partition
+    (flwr-datasets), and held-out CIFAR-10 test images of its classes, ``calibration-fraction`` of them calibrating
+    (:func:`~flwr_gcfcp.app.datasets.cifar10_train_client_splits`, as ``simulations.cifar10_fedavg`` uses it)."""
+    from flwr_gcfcp.app import datasets as data_mod
+
+    cfg = AppConfig.from_mapping({"client-classes": client_classes})
+    classes = fold_classes(cfg.class_lists(), num_partitions)
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id must be in [0, {num_partitions}), got {partition_id!r}")
+    (split,) = data_mod.cifar10_train_client_splits(
+        classes,
+        images_per_client,
+        calibration_fraction=calibration_fraction,
+        heldout_per_client=heldout_per_client,
+        seed=seed,
+        train_path=data_mod.require_shared(data_mod.CIFAR10_TRAIN_FILE, skip=False, data_dir=data_dir),
+        test_path=data_mod.require_shared(data_mod.CIFAR10_TEST_FILE, skip=False, data_dir=data_dir),
+        partition_ids=[partition_id],
+    )
+    return ClientData(
+        _cifar_inputs(split.x_train), split.y_train, _cifar_inputs(split.x_cal), split.y_cal,
+        _cifar_inputs(split.x_test), split.y_test, 10,
     )
 
 
@@ -120,7 +168,8 @@ def _cifar10_test_dataset(data_mod, data_dir: str):
 
 # Data sets the Flower app can run on, by kind:
 # - "model": images scored by a torch model the federation holds. "digits" is embedded (scikit-learn, trained with
-#   FedAvg); "cifar10-test-resnet56" calibrates the pretrained CIFAR ResNet-56 of the shared data folder
+#   FedAvg); "cifar10-train" trains the run config's ``model`` with FedAvg on the shared CIFAR-10 training JPEGs
+#   and calibrates on held-out CIFAR-10 test images; "cifar10-test-resnet56" calibrates the pretrained CIFAR ResNet-56 of the shared data folder
 #   (../shared/data or $FLWR_GCFCP_DATA) on the CIFAR-10 test images (num-server-rounds=0: the "existing model" path).
 # - "outputs": bring-your-own model outputs: an npz with ``labels`` and one of ``logits``/``probs``/``log_probs``
 #   (``outputs-path``); the stored probabilities are the model's predictions (no training).
@@ -134,6 +183,9 @@ DATASETS: dict[str, dict[str, Any]] = {
         "inputs": _cifar_inputs,
         "model": "resnet56-pretrained",
     },
+    # federated training on the shared CIFAR-10 training JPEGs (loaded per client by _cifar10_train_client_data);
+    # the run config's ``model`` is the initial model
+    "cifar10-train": {"kind": "model", "n_classes": 10, "inputs": _cifar_inputs, "model": "config"},
     "outputs": {"kind": "outputs", "n_classes": None},
     "regression": {"kind": "regression", "n_classes": 1},
 }

@@ -8,7 +8,8 @@ data files are checked, and the nodes counted against ``client-classes``. Each r
 ``<results-dir>/<UTC time>-<dataset>-<config hash>/`` (``results-dir`` absolute; default ``<cwd>/results``, and
 ``<results-dir>/latest`` points at it): run_config.json, status.json (``running``, then ``ok`` or ``failed`` with
 the reason: :mod:`flwr_gcfcp.app.status`), results.json, results.md, coverage.png, model.npz and one
-``predictor_<method>.json`` per method.
+``predictor_<method>.json`` per method. With training, each round logs the accuracy of the global model on the
+nodes' test images, and results.json records ``accuracy_before``, ``accuracy_after`` and ``training_rounds``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
@@ -30,12 +32,15 @@ from flwr_gcfcp.app.config import AppConfig
 from flwr_gcfcp.app.outputs import n_classes_for, regression_model_arrays
 from flwr_gcfcp.app.partitions import dataset_kind, fold_classes, n_classes_of
 from flwr_gcfcp.flower import ConformalReport, ConformalRounds, wait_for_nodes
+from flwr_gcfcp.flower.reporting import write_results
 from flwr_gcfcp.flower.server import one_line_reason
 
 app = ServerApp()
 
 #: Train-reply metric the bundled ClientApp adds so that FedAvg sums the updates in partition order.
 PARTITION_METRIC = "partition-id"
+#: Train-reply metrics of the bundled ClientApp: correct predictions of the received model on the node's test images.
+TEST_CORRECT_METRIC, TEST_EXAMPLES_METRIC = "test-correct", "test-examples"
 
 
 class TrainingError(RuntimeError):
@@ -68,7 +73,16 @@ class OrderedFedAvg(FedAvg):
     rounds amplify that into different thresholds. Replies are summed in the order of the ``partition-id`` metric
     the bundled ClientApp reports (then of a hash of their arrays). Failed nodes are logged once per distinct
     reason; a round with no usable update raises :class:`TrainingError` instead of training on for nothing.
+
+    The averaged arrays keep the replies' dtypes (integer buffers such as BatchNorm's ``num_batches_tracked`` are
+    rounded, not left as float64 means). The ClientApp's counts of correct test predictions of the model each round
+    started from are pooled into ``history`` (round r - 1's accuracy, r = 1: before training) and logged.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.history: list[dict[str, Any]] = []
+        self.losses: list[float | None] = []
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -85,18 +99,50 @@ class OrderedFedAvg(FedAvg):
                 + "; ".join(f"{len(n)} node(s): {r}" for r, n in failed.items())
             )
 
+        correct, total = 0, 0
+        for msg in ok:  # the test counts are the bundled ClientApp's, not FedAvg's to average
+            for record in msg.content.metric_records.values():
+                c, n = record.pop(TEST_CORRECT_METRIC, None), record.pop(TEST_EXAMPLES_METRIC, None)
+                if c is not None and n is not None:
+                    correct, total = correct + int(c), total + int(n)
+
         def key(msg: Message) -> tuple[int, str]:
             pid = None
             for record in msg.content.metric_records.values():
                 pid = record.pop(PARTITION_METRIC, pid)
             return (int(pid) if pid is not None else 1 << 62, _content_digest(msg))
 
-        return super().aggregate_train(server_round, sorted(ok, key=key))
+        ok = sorted(ok, key=key)
+        arrays, metrics = super().aggregate_train(server_round, ok)
+        if arrays is not None:
+            arrays = _cast_like(arrays, ok[0].content.array_records)
+        loss = float(metrics["train-loss"]) if metrics is not None and "train-loss" in metrics else None
+        entry = {"round": server_round - 1, "accuracy": correct / total if total else None, "n": total}
+        self.history.append(entry)
+        self.losses.append(loss)
+        if total:
+            what = "before training" if server_round == 1 else f"after round {server_round - 1}"
+            log(INFO, "[training] accuracy of the global model %s: %.4f on %d test images (round %d: mean local "
+                "loss %s)", what, entry["accuracy"], total, server_round, "-" if loss is None else f"{loss:.4f}")
+        return arrays, metrics
+
+
+def _cast_like(arrays: ArrayRecord, replies: Mapping[str, ArrayRecord]) -> ArrayRecord:
+    """``arrays`` with each entry cast to the dtype it had in a reply (integers rounded)."""
+    ref = {k: v for record in replies.values() for k, v in record.items()}
+    out = {}
+    for key, arr in arrays.items():
+        a = arr.numpy()
+        dtype = ref[key].numpy().dtype if key in ref else a.dtype
+        cast = np.rint(a).astype(dtype) if np.issubdtype(dtype, np.integer) else a.astype(dtype, copy=False)
+        out[key] = Array(np.asarray(cast))  # 0-d entries (num_batches_tracked) stay arrays, not numpy scalars
+    return ArrayRecord(out)
 
 
 def initial_arrays(cfg: AppConfig) -> ArrayRecord:
-    """Initial global model: a seeded SmallCNN, the shared pretrained ResNet-56 for cifar10-test-resnet56, the
-    fitted linear model for regression, nothing (an empty record) for stored outputs."""
+    """Initial global model: a seeded SmallCNN, the shared pretrained ResNet-56 for cifar10-test-resnet56, the run
+    config's ``model`` for cifar10-train, the fitted linear model for regression, nothing (an empty record) for
+    stored outputs."""
     kind = dataset_kind(cfg.dataset)
     if kind == "outputs":  # the stored outputs are the model: nothing to send
         return ArrayRecord()
@@ -140,18 +186,62 @@ def check_nodes(grid: Grid, cfg: AppConfig) -> list[int]:
     return nodes
 
 
-def train(grid: Grid, cfg: AppConfig, arrays: ArrayRecord) -> ArrayRecord:
+def train(grid: Grid, cfg: AppConfig, arrays: ArrayRecord) -> tuple[ArrayRecord, dict[str, Any]]:
     """FedAvg over every node for ``num-server-rounds`` (call :func:`check_nodes` first: FedAvg's wait for nodes is
-    not bounded)."""
+    not bounded); then the nodes' accuracy of the final model.
+
+    Returns the trained arrays and the accuracy record for results.json (empty without training):
+    ``accuracy_before``, ``accuracy_after`` (pooled over the nodes' test images) and ``training_rounds``
+    (round 0 = before training: accuracy, test images, mean local loss of the round).
+    """
     if cfg.num_server_rounds == 0:
         log(INFO, "num-server-rounds = 0: calibrating the given model without training")
-        return arrays
+        return arrays, {}
     n = cfg.min_calibration_clients  # check_nodes waited (bounded) for them
     fedavg = OrderedFedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_evaluate_nodes=0,
                            min_available_nodes=n)
     result = fedavg.start(grid, arrays, num_rounds=cfg.num_server_rounds, timeout=cfg.train_timeout,
                           train_config=ConfigRecord(cfg.client_config()))
-    return result.arrays if len(result.arrays) > 0 else arrays
+    arrays = result.arrays if len(result.arrays) > 0 else arrays
+    rounds = [dict(h) for h in fedavg.history]
+    final = final_accuracy(grid, cfg, arrays)
+    if final is not None:
+        rounds.append({"round": cfg.num_server_rounds, **final})
+        log(INFO, "[training] accuracy of the global model after round %d: %.4f on %d test images (before training "
+            "%s)", cfg.num_server_rounds, final["accuracy"], final["n"],
+            "-" if not rounds or rounds[0]["accuracy"] is None else f"{rounds[0]['accuracy']:.4f}")
+    for entry in rounds:  # round r's mean local loss belongs to the model after round r
+        r = entry["round"]
+        entry["train_loss"] = fedavg.losses[r - 1] if 1 <= r <= len(fedavg.losses) else None
+    return arrays, {
+        "accuracy_before": rounds[0]["accuracy"] if rounds else None,
+        "accuracy_after": final["accuracy"] if final is not None else None,
+        "training_rounds": rounds,
+    }
+
+
+def final_accuracy(grid: Grid, cfg: AppConfig, arrays: ArrayRecord) -> dict[str, Any] | None:
+    """The bundled ClientApp's ``evaluate`` on every node: accuracy of ``arrays`` pooled over their test images
+    (None, with a warning per cause, when no node answered)."""
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord(cfg.client_config())})
+    messages = [
+        Message(content=content, dst_node_id=int(nid), message_type=MessageType.EVALUATE, group_id="final-accuracy")
+        for nid in sorted(grid.get_node_ids())
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=cfg.train_timeout))
+    for reason, nodes in _summarize(m for m in replies if m.has_error()).items():
+        log(WARNING, "Final accuracy: %d node(s) failed (%s): %s", len(nodes), ",".join(map(str, sorted(nodes))), reason)
+    correct, total = 0, 0
+    for msg in replies:
+        if msg.has_error():
+            continue
+        record = msg.content.metric_records.get("metrics")
+        if record is not None and "test-correct" in record and "num-examples" in record:
+            correct, total = correct + int(record["test-correct"]), total + int(record["num-examples"])
+    if not total:
+        log(WARNING, "Final accuracy: no node reported test counts")
+        return None
+    return {"accuracy": correct / total, "n": total}
 
 
 def run(grid: Grid, cfg: AppConfig) -> ConformalReport:
@@ -168,8 +258,11 @@ def run(grid: Grid, cfg: AppConfig) -> ConformalReport:
         t0 = time.perf_counter()
         arrays = initial_arrays(cfg)  # reads the server's data files (pretrained weights, regression model)
         check_nodes(grid, cfg)
-        arrays = train(grid, cfg, arrays)
+        arrays, accuracy = train(grid, cfg, arrays)
         report = rounds.run(grid, arrays, timings={"training_s": time.perf_counter() - t0})
+        if accuracy:  # results.json (written by the conformal rounds) gains the training accuracy
+            report.results.update(accuracy)
+            report.files = write_results(report.results, report.files, run_dir, plot=False)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {one_line_reason(str(exc))}"
         run_status.write_status(run_dir, "failed", reason)
