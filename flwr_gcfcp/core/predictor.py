@@ -212,7 +212,62 @@ def _to_json_float(x: float) -> float | str:
     return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
 
 
-class Predictor:
+class SealedPredictor:
+    """A predictor stored as sealed JSON: subclasses give ``content()`` and ``_from_content(content)``, and the class
+    attributes naming their format, the formats refused as unsealed and the top-level keys."""
+
+    FORMAT: str = ""
+    UNSEALED_FORMATS: tuple[str, ...] = ()
+    KEYS: tuple[str, ...] = ()
+    KIND: str = "flwr-gcfcp predictor"
+
+    def content(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_content(cls, c: dict) -> "SealedPredictor":
+        raise NotImplementedError
+
+    def to_dict(self, key: bytes | str | None = None) -> dict:
+        """JSON-able dict: :meth:`content` sealed with its SHA-256 and, with ``key``, an HMAC-SHA256."""
+        return seal(self.content(), key)
+
+    @classmethod
+    def from_dict(cls, data: Mapping, key: bytes | str | None = None):
+        """Rebuild after checking the format, the seal (and HMAC with ``key``), the schema, ranges and consistency.
+
+        Raises
+        ------
+        PredictorIntegrityError
+            On any mismatch (a ``ValueError``); the message names the entry.
+        """
+        if not isinstance(data, Mapping):
+            raise integrity_error("predictor", f"must be a JSON object, got {type(data).__name__}")
+        fmt = data.get("format")
+        if fmt in cls.UNSEALED_FORMATS:
+            raise integrity_error("predictor", f"format {fmt!r} carries no integrity hash and is no longer "
+                                               f"loaded; re-export it from the calibrator (format {cls.FORMAT!r})")
+        if fmt != cls.FORMAT:
+            raise integrity_error("predictor", f"not a {cls.KIND} (format {fmt!r}, expected {cls.FORMAT!r})")
+        check_keys(data, cls.KEYS + ("integrity",), "predictor")
+        return cls._from_content(unseal(data, key))
+
+    def save(self, path: str | Path, key: bytes | str | None = None) -> Path:
+        """Write the sealed predictor as JSON (with an HMAC-SHA256 when ``key`` is given); return the path."""
+        data = self.to_dict(key)
+        type(self).from_dict(data, key)  # never write a file that would not load back
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, key: bytes | str | None = None):
+        """Load and verify a saved predictor (see :meth:`from_dict`); ``key`` also checks its HMAC."""
+        return cls.from_dict(read_json(path, "predictor"), key)
+
+
+class Predictor(SealedPredictor):
     """Per-atom thresholds of one calibrated method and the groups that map inputs to atoms.
 
     Parameters
@@ -233,6 +288,11 @@ class Predictor:
         Scores are known to be >= this (0 for the package's scores); a saved threshold below it is refused.
         None: no bound (signed scores).
     """
+
+    FORMAT = FORMAT
+    UNSEALED_FORMATS = _UNSEALED_FORMATS
+    KEYS = _KEYS
+    KIND = "flwr-gcfcp predictor"
 
     def __init__(self, method: str, alpha: str, thresholds: dict[int, float], groups: GroupSpec | None = None,
                  private: bool = True, coreset: dict | None = None, score_lower_bound: float | None = None) -> None:
@@ -297,29 +357,6 @@ class Predictor:
             "coreset": self.coreset,
         }
 
-    def to_dict(self, key: bytes | str | None = None) -> dict:
-        """JSON-able dict: :meth:`content` sealed with its SHA-256 and, with ``key``, an HMAC-SHA256."""
-        return seal(self.content(), key)
-
-    @classmethod
-    def from_dict(cls, data: Mapping, key: bytes | str | None = None) -> "Predictor":
-        """Rebuild a predictor after checking its seal (and HMAC with ``key``), schema, ranges and consistency.
-
-        Raises
-        ------
-        PredictorIntegrityError
-            On any mismatch (a ``ValueError``); the message names the entry.
-        """
-        if not isinstance(data, Mapping):
-            raise integrity_error("predictor", f"must be a JSON object, got {type(data).__name__}")
-        fmt = data.get("format")
-        if fmt in _UNSEALED_FORMATS:
-            raise integrity_error("predictor", f"format {fmt!r} carries no integrity hash and is no longer "
-                                               f"loaded; re-export it from the calibrator (format {FORMAT!r})")
-        if fmt != FORMAT:
-            raise integrity_error("predictor", f"not a flwr-gcfcp predictor (format {fmt!r}, expected {FORMAT!r})")
-        check_keys(data, _KEYS + ("integrity",), "predictor")
-        return cls._from_content(unseal(data, key))
 
     @classmethod
     def _from_content(cls, c: dict) -> "Predictor":
@@ -466,19 +503,6 @@ class Predictor:
                                       "for this atom")
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | Path, key: bytes | str | None = None) -> Path:
-        """Write the sealed predictor as JSON (with an HMAC-SHA256 when ``key`` is given); return the path."""
-        data = self.to_dict(key)
-        type(self).from_dict(data, key)  # never write a file that would not load back
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, key: bytes | str | None = None) -> "Predictor":
-        """Load and verify a saved predictor (see :meth:`from_dict`); ``key`` also checks its HMAC."""
-        return cls.from_dict(read_json(path, "predictor"), key)
 
     # ------------------------------------------------------------------ prediction
     def _coreset_solver(self) -> AtomSolver:

@@ -8,17 +8,15 @@ offset r, is absent from arrays written before it existed and then read as 0).
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
 from ..core.groups import GroupSpec, pattern_keys
 from ..core.metrics import to_jsonable
-from ..core.predictor import alpha_text, check_keys, integrity_error, read_json, seal, threshold_value, unseal
+from ..core.predictor import SealedPredictor, alpha_text, check_keys, integrity_error, seal, threshold_value
 from ..core.summaries import PayloadError
 from ..core.validation import InsufficientDataWarning, check_scores
 from .base import Calibrator
@@ -194,7 +192,7 @@ def _read_array(name: str, values: object, dtype: str, lower: float | None) -> n
     return np.asarray(out, dtype=np.float64)
 
 
-class ArraysPredictor:
+class ArraysPredictor(SealedPredictor):
     """A saved class-conditional / set-valued predictor (``predictor_<NAME>.json``): builds sets after loading.
 
     Parameters
@@ -206,6 +204,11 @@ class ArraysPredictor:
     private, alpha, score_lower_bound, thresholds, info
         The rest of the saved content (see :func:`predictor_content`).
     """
+
+    FORMAT = FORMAT
+    UNSEALED_FORMATS = _UNSEALED_FORMATS
+    KEYS = ("format", "method", "private", "alpha", "score_lower_bound", "thresholds", "info", "arrays", "dtypes")
+    KIND = "flwr-gcfcp arrays predictor"
 
     def __init__(self, method: str, arrays: Mapping[str, np.ndarray], private: bool = True, alpha: str | None = None,
                  score_lower_bound: float | None = None, thresholds: Mapping | None = None,
@@ -237,32 +240,8 @@ class ArraysPredictor:
             "dtypes": {k: str(np.asarray(v).dtype) for k, v in self.arrays.items()},
         }
 
-    def to_dict(self, key: bytes | str | None = None) -> dict:
-        """JSON-able dict: :meth:`content` sealed with its SHA-256 and, with ``key``, an HMAC-SHA256."""
-        return seal(self.content(), key)
-
     @classmethod
-    def from_dict(cls, data: Mapping, key: bytes | str | None = None) -> "ArraysPredictor":
-        """Rebuild after checking the seal (and HMAC with ``key``), the schema, value ranges and consistency.
-
-        Raises
-        ------
-        PredictorIntegrityError
-            On any mismatch (a ``ValueError``); the message names the entry.
-        """
-        if not isinstance(data, Mapping):
-            raise integrity_error("predictor", f"must be a JSON object, got {type(data).__name__}")
-        fmt = data.get("format")
-        if fmt in _UNSEALED_FORMATS:
-            raise integrity_error("predictor", f"format {fmt!r} carries no integrity hash and is no longer "
-                                               f"loaded; re-export it from the calibrator (format {FORMAT!r})")
-        if fmt != FORMAT:
-            raise integrity_error(
-                "predictor", f"not a flwr-gcfcp arrays predictor (format {fmt!r}, expected {FORMAT!r})"
-            )
-        check_keys(data, ("format", "method", "private", "alpha", "score_lower_bound", "thresholds", "info", "arrays",
-                          "dtypes", "integrity"), "predictor")
-        c = unseal(data, key)
+    def _from_content(cls, c: dict) -> "ArraysPredictor":
         method = c["method"]
         if not isinstance(method, str) or not method:
             raise integrity_error("method", f"must be a non-empty string, got {method!r}")
@@ -327,20 +306,6 @@ class ArraysPredictor:
             if not (saved == v or (math.isnan(saved) and math.isnan(v))):
                 raise integrity_error(where, f"{saved!r} disagrees with the predictor arrays ({v!r})")
         return cls(method, arrays, c["private"], c["alpha"], lower, {i: v for i, v in enumerate(listed)}, c["info"])
-
-    def save(self, path: str | Path, key: bytes | str | None = None) -> Path:
-        """Write the sealed predictor as JSON (with an HMAC-SHA256 when ``key`` is given); return the path."""
-        data = self.to_dict(key)
-        type(self).from_dict(data, key)  # never write a file that would not load back
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, key: bytes | str | None = None) -> "ArraysPredictor":
-        """Load and verify a saved predictor (see :meth:`from_dict`); ``key`` also checks its HMAC."""
-        return cls.from_dict(read_json(path, "predictor"), key)
 
     def predict(self, score_matrix=None, features=None, probs=None) -> np.ndarray:
         """Boolean (n, L) set mask: per-label thresholds on ``score_matrix``, or the set-valued rule on ``probs``."""
