@@ -52,7 +52,17 @@ import numpy as np
 
 from .validation import check_delta, check_scores
 
-__all__ = ["EDGE_MARGIN", "STRUCTURE_TOLERANCE", "TDigest", "build_digest", "cdf_error_bound", "check_unit_structure", "first_structure_violation", "merge_digests"]
+__all__ = [
+    "EDGE_MARGIN",
+    "STRUCTURE_TOLERANCE",
+    "TDigest",
+    "build_digest",
+    "cdf_error_bound",
+    "check_unit_structure",
+    "compress_sorted_segments",
+    "first_structure_violation",
+    "merge_digests",
+]
 
 #: Safety margin (in normalised weight) subtracted from the greedy right-edge bound; see the module docstring.
 EDGE_MARGIN = 2.0**-45
@@ -285,6 +295,112 @@ def _compress(values: np.ndarray, weights: np.ndarray, delta: float, unit: bool 
         den = cluster_w.astype(np.float64)
     means = np.clip(lo + num / den, lo, hi)
     return means, cluster_w
+
+
+def compress_sorted_segments(
+    values: np.ndarray, weights: np.ndarray | None, offsets: np.ndarray, delta: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The greedy pass of :func:`build_digest` / :func:`merge_digests` for many digests at once.
+
+    Segment ``i`` is ``values[offsets[i]:offsets[i + 1]]`` (non-empty, sorted; ties in the order the per-digest
+    stable sort would give) with the matching ``weights`` (None: unit weights). Every segment's digest equals, bit
+    for bit, what the per-digest pass gives on that segment alone: the same float right-edge bound per candidate
+    cluster start (evaluated for all starts at once), the same cumulative weights, the same ``reduceat`` sums over
+    the same elements. Only the walk from one cluster start to the next is a Python loop, over the clusters.
+
+    Parameters
+    ----------
+    values : (N,) float64
+    weights : (N,) int64 or None
+        Positive integer weights whose total is below 2**62 (exact int64 cumulative sums), or None.
+    offsets : (S + 1,) int64
+        Segment bounds, ``offsets[0] = 0``, ``offsets[-1] = N``, strictly increasing.
+    delta : float
+
+    Returns
+    -------
+    means, cluster_weights, cluster_offsets
+        float64 means and int64 cluster weights (counts for unit weights) of all segments back to back, and the
+        (S + 1,) bounds of each segment's clusters.
+    """
+    delta = check_delta(delta)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n_total = values.shape[0]
+    if not n_total:
+        return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(offsets.size, dtype=np.int64)
+    sizes = offsets[1:] - offsets[:-1]
+    seg = np.repeat(np.arange(sizes.size), sizes)
+    base = offsets[:-1][seg]  # first index of each point's segment
+    local = np.arange(n_total, dtype=np.int64) - base
+    last = offsets[1:][seg]  # one past each point's segment
+    if weights is None:
+        prev = local  # cumulative weight before each point, within its segment
+        tot = sizes.astype(np.float64)[seg]
+    else:
+        glob = np.cumsum(weights)
+        cum = glob - np.concatenate([[0], glob])[base]
+        prev = cum - weights
+        cumf = cum.astype(np.float64)
+        tot = cumf[offsets[1:] - 1][seg]
+    theta = 2.0 * math.pi / delta
+    if theta >= math.pi:  # δ <= 2: one cluster per segment
+        nxt = last
+    else:
+        cos_t, sin_t = math.cos(theta), math.sin(theta)
+        sin2_half = math.sin(theta / 2.0) ** 2
+        # the bound of _cluster_ends for a cluster starting at every point, with the same float operations in the
+        # same order (q ∈ [0, 1], so q (1 - q) >= 0 and the max with 0 there is a no-op)
+        q = prev.astype(np.float64) / tot
+        x = q * cos_t
+        x += sin2_half
+        r = 1.0 - q
+        r *= q
+        np.sqrt(r, out=r)
+        r *= sin_t
+        x += r
+        x -= EDGE_MARGIN
+        x *= tot
+        if weights is None:  # cumulative weights 1..n: floor(x) of them are <= x (at most n)
+            below = np.minimum(np.floor(x), tot).astype(np.int64)
+        else:
+            below = np.empty(n_total, dtype=np.int64)
+            for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+                below[a:b] = np.searchsorted(cumf[a:b], x[a:b], side="right")
+        nxt = np.maximum(local, below - 1)  # a cluster always takes at least one sample
+        nxt += base + 1
+        q *= 2.0
+        q -= 1.0
+        tail = q >= cos_t  # past π/2 every remaining sample fits
+        nxt[tail] = last[tail]
+    nxt_list = nxt.tolist()
+    starts_list = []
+    start = 0
+    while start < n_total:
+        starts_list.append(start)
+        start = nxt_list[start]
+    starts = np.asarray(starts_list, dtype=np.int64)
+    stops = nxt[starts]
+    counts = stops - starts
+    ends = stops - 1
+    cluster_offsets = starts.searchsorted(offsets)
+    lo = values[starts]
+    hi = values[ends]
+    shifted = values - np.repeat(lo, counts)
+    if weights is None:
+        cluster_w = counts
+        num = np.add.reduceat(shifted, starts)
+        den = counts.astype(np.float64)
+    else:
+        cluster_w = cum[ends] - prev[starts]
+        num = np.add.reduceat(weights.astype(np.float64) * shifted, starts)
+        den = cluster_w.astype(np.float64)
+    means = np.clip(lo + num / den, lo, hi)
+    per_segment = cluster_offsets[1:] - cluster_offsets[:-1]
+    singles = per_segment == sizes
+    if singles.any():  # segments where every sample is its own cluster keep their values as they are
+        keep = np.repeat(singles, per_segment)
+        means[keep] = lo[keep]
+    return means, cluster_w, cluster_offsets
 
 
 # --------------------------------------------------------------------------------------------------------------
