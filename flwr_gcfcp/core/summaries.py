@@ -367,12 +367,18 @@ def summarize_digests(scores: np.ndarray, atom_keys: np.ndarray, delta: float) -
     keys = np.asarray(atom_keys, dtype=np.int64)
     if keys.shape != scores.shape:
         raise ValueError(f"atom_keys must have one key per score ({scores.size}), got shape {keys.shape}")
-    order = np.lexsort((scores, keys))  # by atom, then by score
+    if keys.size and 0 <= keys.min() and keys.max() < 2**16:  # group by atom with a radix sort
+        order = np.argsort(keys.astype(np.uint16), kind="stable")
+    else:
+        order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
-    cuts = np.flatnonzero(np.diff(sorted_keys)) + 1
+    values = scores[order]
+    cuts = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
     bounds = np.concatenate([[0], cuts, [keys.size]]).astype(np.int64) if keys.size else np.zeros(1, dtype=np.int64)
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        values[lo:hi].sort()  # tied scores are equal bit for bit (no -0.0), so their order does not matter
     # the same digests as build_digest per atom, bit for bit (tests/test_tdigest_fastpath.py)
-    means, counts, offsets = compress_sorted_segments(scores[order], None, bounds, delta)
+    means, counts, offsets = compress_sorted_segments(values, None, bounds, delta)
     return DigestSummary(
         n=int(scores.size),
         delta=float(delta),
