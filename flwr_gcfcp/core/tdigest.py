@@ -425,13 +425,31 @@ def _chain_starts(cumf: np.ndarray | None, offsets: np.ndarray, delta: float) ->
     q -= 1.0
     tail = q >= cos_t  # past π/2 every remaining sample fits
     np.putmask(nxt, tail, base + tot if cumf is None else np.repeat(offsets[1:].astype(np.float64), sizes))
-    nxt_list = nxt.astype(np.int64).tolist()
-    starts = []
-    start = 0
+    jumps = np.flatnonzero(nxt != index)  # a cluster starting there takes more than that one sample
+    if 2 * jumps.size > n_total:  # mostly multi-sample clusters: walk from start to start
+        nxt_list = nxt.astype(np.int64).tolist()
+        starts = []
+        start = 0
+        while start < n_total:
+            starts.append(start)
+            start = nxt_list[start]
+        return np.asarray(starts, dtype=np.int64)
+    # mostly single samples (a merge of many small digests): a cluster of one sample leads to the next sample, so
+    # walk only from jump to jump and record the runs of starts in between
+    jump_at = jumps.tolist()
+    jump_to = nxt[jumps].astype(np.int64).tolist()
+    first, last = [], []
+    start, k, n_jumps = 0, 0, len(jump_at)
     while start < n_total:
-        starts.append(start)
-        start = nxt_list[start]
-    return np.asarray(starts, dtype=np.int64)
+        k = bisect_left(jump_at, start, k)
+        first.append(start)
+        if k == n_jumps:
+            last.append(n_total - 1)
+            break
+        last.append(jump_at[k])
+        start = jump_to[k]
+    lengths = np.asarray(last, dtype=np.int64) - first + 1
+    return np.repeat(np.asarray(first, dtype=np.int64) - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
 
 
 # --------------------------------------------------------------------------------------------------------------

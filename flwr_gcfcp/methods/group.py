@@ -193,20 +193,21 @@ def _merge_all_atoms(cal: GCFCP, summaries, lam_ints: list[int], test_w: int) ->
     counts = [s.counts for s in summaries]
     if max(lam_ints) >= 2**61 or sum(int(c.sum()) * w for c, w in zip(counts, lam_ints)) >= 2**61:  # int64 sums
         return False
-    keys = np.concatenate([np.repeat(s.atom_keys, np.diff(s.offsets)) for s in summaries])
+    keys = np.concatenate([np.repeat(s.atom_keys, s.offsets[1:] - s.offsets[:-1]) for s in summaries])
     means = np.concatenate([s.means for s in summaries])
     weights = np.concatenate([c.astype(np.int64) * w for c, w in zip(counts, lam_ints)])
     if not means.size:
         return False
-    order = np.argsort(keys, kind="stable")
+    small = 0 <= keys.min() and keys.max() < 2**16  # then a radix sort
+    order = np.argsort(keys.astype(np.uint16) if small else keys, kind="stable")
     keys = keys[order]
-    bounds = np.concatenate([[0], np.flatnonzero(np.diff(keys)) + 1, [keys.size]]).astype(np.int64)
+    bounds = np.concatenate([[0], np.flatnonzero(keys[1:] != keys[:-1]) + 1, [keys.size]])
     by_key = means[order]
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):  # per atom: sorted runs of the clients
         order[lo:hi] = order[lo:hi][np.argsort(by_key[lo:hi], kind="stable")]
     means, weights = means[order], weights[order]
     merged, merged_w, cluster_offsets = compress_sorted_segments(means, weights, bounds, cal.delta)
     cal.coreset_size = int(merged.size)
-    atom_keys = np.repeat(keys[bounds[:-1]], np.diff(cluster_offsets))
+    atom_keys = np.repeat(keys[bounds[:-1]], cluster_offsets[1:] - cluster_offsets[:-1])
     cal._solve_on(merged, merged_w, atom_keys, test_w)
     return True
