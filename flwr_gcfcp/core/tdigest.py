@@ -16,6 +16,8 @@ increasing, the right edge is the largest cumulative weight ``q`` with
 
 evaluated in the cancellation-free form ``q_L cos θ + sin²(θ/2) + sqrt(q_L (1 - q_L)) sin θ`` with ``θ = 2π/δ``.
 One ``np.searchsorted`` per cluster, so building is O(n log n) for the sort plus O(δ log n).
+:func:`compress_sorted_segments` runs the same pass for many digests at once (a client's atoms, the server's merge
+of every atom), bit for bit equal to it per digest.
 
 Floating point
 --------------
