@@ -72,3 +72,116 @@ def test_merge_of_object_int_weights_is_unchanged(big):
     assert merged.means.tobytes() == want_means.tobytes()
     assert merged.weights.dtype == object and all(type(w) is int for w in merged.weights.tolist())
     assert merged.weights.tolist() == want_weights.tolist()
+
+
+# ---------------------------------------------------------------------------------- all atoms in one pass
+def _random_scores(rng: np.random.Generator, n: int, kind: int) -> np.ndarray:
+    if kind == 0:
+        return rng.random(n)
+    if kind == 1:  # many ties
+        return np.round(rng.random(n), 1)
+    if kind == 2:  # few distinct values, zeros of both signs, negatives
+        return rng.choice([0.0, -0.0, 1.0, 0.5, -3.0], n)
+    return rng.standard_normal(n) * 10.0 ** float(rng.integers(-6, 6))
+
+
+def _per_atom_digests(scores: np.ndarray, keys: np.ndarray, delta: float):
+    """The client side as first written: one build_digest per atom (scores + 0.0, as summarize_digests does)."""
+    scores = scores + 0.0
+    out = []
+    for key in np.unique(keys).tolist():
+        d = build_digest(scores[keys == key], None, delta)
+        out.append((key, d.means, d.weights))
+    return out
+
+
+def test_summarize_digests_equals_build_digest_per_atom():
+    """Many random clients (ties, one-point atoms, one to hundreds of atoms, any δ): identical atoms, means (bits)
+    and counts to build_digest per atom."""
+    from flwr_gcfcp.core.summaries import summarize_digests
+
+    rng = np.random.default_rng(7)
+    for trial in range(600):
+        n = int(rng.integers(1, 2000))
+        n_atoms = int(rng.choice([1, 2, 5, 30, 300, n]))  # n: mostly one-point atoms
+        keys = rng.integers(0, n_atoms, n) * int(rng.integers(1, 10**6))
+        scores = _random_scores(rng, n, trial % 4)
+        delta = float(rng.choice([0.7, 2.0, 2.5, 3.0, 10.0, 25.0, 250.0, 2500.0, 1e9, rng.uniform(0.5, 500)]))
+        got = summarize_digests(scores, keys, delta)
+        want = _per_atom_digests(scores, keys, delta)
+        assert got.atom_keys.tolist() == [k for k, _, _ in want]
+        assert got.counts.dtype == np.int64 and got.n == n
+        for (key, means, counts), (k2, m2, c2) in zip(got.atom_blocks(), want):
+            assert means.tobytes() == m2.tobytes(), (trial, key)
+            assert counts.tolist() == c2.tolist(), (trial, key)
+
+
+def test_summarize_digests_edge_cases():
+    from flwr_gcfcp.core.summaries import summarize_digests
+
+    empty = summarize_digests(np.zeros(0), np.zeros(0, dtype=np.int64), 250)
+    assert empty.atom_keys.size == 0 and empty.offsets.tolist() == [0] and empty.means.size == 0
+    one = summarize_digests(np.array([-0.0, 3.0]), np.array([4, 9]), 250)  # one-point atoms
+    assert one.atom_keys.tolist() == [4, 9] and one.counts.tolist() == [1, 1]
+    assert one.means.tobytes() == np.array([0.0, 3.0]).tobytes()  # -0.0 is summarised as +0.0
+    with pytest.raises(ValueError, match="scores must be finite"):
+        summarize_digests(np.array([0.1, np.nan]), np.array([0, 0]), 250)
+    with pytest.raises(ValueError, match="atom_keys"):
+        summarize_digests(np.array([0.1, 0.2]), np.array([0]), 250)
+
+
+def test_compress_sorted_segments_equals_merge_digests_per_atom():
+    """The server merge for all atoms at once: the same means (bits) and integer weights as merge_digests per
+    atom over the clients' digests in client order."""
+    rng = np.random.default_rng(8)
+    for trial in range(600):
+        delta = float(rng.choice([1.0, 2.0, 3.0, 10.0, 25.0, 250.0, rng.uniform(0.5, 500)]))
+        lams = [int(x) for x in rng.integers(1, 10 ** int(rng.integers(1, 12)), int(rng.integers(1, 8)))]
+        per_atom, rows = {}, []
+        for lam in lams:
+            for atom in range(int(rng.integers(1, 20))):
+                if rng.random() < 0.3:
+                    continue
+                m = int(rng.integers(1, 60))
+                means = np.sort(_random_scores(rng, m, trial % 4) + 0.0)
+                counts = rng.integers(1, 50, m)
+                per_atom.setdefault(atom, []).append(tdigest.TDigest(means, counts.astype(object) * lam, delta))
+                rows.append((atom, means, counts * lam))
+        if not rows:
+            continue
+        keys = np.concatenate([np.full(r[1].size, r[0]) for r in rows])
+        values = np.concatenate([r[1] for r in rows])
+        weights = np.concatenate([r[2] for r in rows]).astype(np.int64)
+        order = np.lexsort((values, keys))
+        keys, values, weights = keys[order], values[order], weights[order]
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(keys)) + 1, [keys.size]])
+        means, cw, offsets = tdigest.compress_sorted_segments(values, weights, bounds, delta)
+        for i, atom in enumerate(sorted(per_atom)):
+            want = merge_digests(per_atom[atom], delta)
+            assert means[offsets[i] : offsets[i + 1]].tobytes() == want.means.tobytes(), (trial, atom)
+            assert cw[offsets[i] : offsets[i + 1]].tolist() == [int(w) for w in want.weights], (trial, atom)
+
+
+def test_gcfcp_fit_equals_the_per_atom_merge(monkeypatch):
+    """GC-FCP's server fit (one pass over all atoms) gives the thresholds and coreset of the per-atom merge; with
+    λ integers too large for int64 sums the one-pass merge declines and the per-atom path runs."""
+    from flwr_gcfcp.core.groups import parse_groups
+    from flwr_gcfcp.methods import group
+
+    rng = np.random.default_rng(9)
+    groups = parse_groups("0-3;2-5;4-7;6-9", n_labels=10)
+    for trial in range(6):
+        cal = group.GCFCP(groups, 0.1, float(rng.choice([25.0, 250.0])))
+        sizes = rng.integers(20, 600, 5)
+        summaries = [cal.summarize(np.round(rng.random(n), 3), rng.integers(0, 10, n)) for n in sizes]
+        pi = [int(x) for x in rng.integers(1, 9, 5)] if trial % 2 else None
+        fast = cal.fit(summaries, pi)
+        fast_thr, fast_size = dict(fast.thresholds), fast.coreset_size
+        fast_core = [np.asarray(x).tolist() for x in fast._coreset[:3]]
+        with monkeypatch.context() as m:
+            m.setattr(group, "_merge_all_atoms", lambda *args: False)
+            slow = cal.fit(summaries, pi)
+        assert dict(slow.thresholds) == fast_thr and slow.coreset_size == fast_size
+        slow_core = [[int(v) if isinstance(v, (int, np.integer)) else v for v in np.asarray(x).tolist()] for x in slow._coreset[:3]]
+        assert slow_core == fast_core
+        assert not group._merge_all_atoms(cal, summaries, [2**61] * 5, 5 * 2**61)

@@ -36,7 +36,8 @@ from .encoding import (
     unpack_bits,
 )
 from .groups import GroupSpec, pattern_keys
-from .tdigest import build_digest, first_structure_violation
+from .tdigest import compress_sorted_segments, first_structure_violation
+from .validation import check_scores
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -360,22 +361,31 @@ def summarize_digests(scores: np.ndarray, atom_keys: np.ndarray, delta: float) -
     on unit integer weights (exact). The paper's weights ``count · λ_k`` are formed by the server, which derives
     λ_k = π_k / (n_k + 1) from its own π, so the client sends the counts only.
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    # + 0.0 maps -0.0 to +0.0 (equal scores; the wire sends +0.0 anyway), so the digests do not depend on how a
+    # sort orders the two zeros
+    scores = check_scores(scores, allow_empty=True) + 0.0
     keys = np.asarray(atom_keys, dtype=np.int64)
-    uniq = np.unique(keys)
-    means, counts, offsets = [], [], [0]
-    for key in uniq.tolist():
-        digest = build_digest(scores[keys == key], None, delta)
-        means.append(digest.means)
-        counts.append(digest.weights.astype(np.int64))
-        offsets.append(offsets[-1] + digest.n_clusters)
+    if keys.shape != scores.shape:
+        raise ValueError(f"atom_keys must have one key per score ({scores.size}), got shape {keys.shape}")
+    if keys.size and 0 <= keys.min() and keys.max() < 2**16:  # group by atom with a radix sort
+        order = np.argsort(keys.astype(np.uint16), kind="stable")
+    else:
+        order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    values = scores[order]
+    cuts = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    bounds = np.concatenate([[0], cuts, [keys.size]]).astype(np.int64) if keys.size else np.zeros(1, dtype=np.int64)
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        values[lo:hi].sort()  # tied scores are equal bit for bit (no -0.0), so their order does not matter
+    # the same digests as build_digest per atom, bit for bit (tests/test_tdigest_fastpath.py)
+    means, counts, offsets = compress_sorted_segments(values, None, bounds, delta)
     return DigestSummary(
         n=int(scores.size),
         delta=float(delta),
-        atom_keys=uniq,
-        offsets=np.asarray(offsets, dtype=np.int64),
-        means=np.concatenate(means) if means else np.zeros(0),
-        counts=np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64),
+        atom_keys=sorted_keys[bounds[:-1]],
+        offsets=offsets,
+        means=means,
+        counts=counts,
     )
 
 

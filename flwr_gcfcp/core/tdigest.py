@@ -16,6 +16,8 @@ increasing, the right edge is the largest cumulative weight ``q`` with
 
 evaluated in the cancellation-free form ``q_L cos θ + sin²(θ/2) + sqrt(q_L (1 - q_L)) sin θ`` with ``θ = 2π/δ``.
 One ``np.searchsorted`` per cluster, so building is O(n log n) for the sort plus O(δ log n).
+:func:`compress_sorted_segments` runs the same pass for many digests at once (a client's atoms, the server's merge
+of every atom), bit for bit equal to it per digest.
 
 Floating point
 --------------
@@ -52,7 +54,17 @@ import numpy as np
 
 from .validation import check_delta, check_scores
 
-__all__ = ["EDGE_MARGIN", "STRUCTURE_TOLERANCE", "TDigest", "build_digest", "cdf_error_bound", "check_unit_structure", "first_structure_violation", "merge_digests"]
+__all__ = [
+    "EDGE_MARGIN",
+    "STRUCTURE_TOLERANCE",
+    "TDigest",
+    "build_digest",
+    "cdf_error_bound",
+    "check_unit_structure",
+    "compress_sorted_segments",
+    "first_structure_violation",
+    "merge_digests",
+]
 
 #: Safety margin (in normalised weight) subtracted from the greedy right-edge bound; see the module docstring.
 EDGE_MARGIN = 2.0**-45
@@ -285,6 +297,161 @@ def _compress(values: np.ndarray, weights: np.ndarray, delta: float, unit: bool 
         den = cluster_w.astype(np.float64)
     means = np.clip(lo + num / den, lo, hi)
     return means, cluster_w
+
+
+def compress_sorted_segments(
+    values: np.ndarray, weights: np.ndarray | None, offsets: np.ndarray, delta: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The greedy pass of :func:`build_digest` / :func:`merge_digests` for many digests at once.
+
+    Segment ``i`` is ``values[offsets[i]:offsets[i + 1]]`` (non-empty, sorted; ties in the order the per-digest
+    stable sort would give) with the matching ``weights`` (None: unit weights). Every segment's digest equals, bit
+    for bit, what the per-digest pass gives on that segment alone: the same cumulative weights, the same float
+    right-edge bound per cluster, the same ``reduceat`` sums over the same elements. Segments of at most
+    ``8 (δ + 2)`` samples (a client's atoms) evaluate the bound for every sample as a cluster start at once and walk
+    from start to start in Python; longer ones (a server merging many clients: far more samples than clusters)
+    run :func:`_cluster_ends` itself, one bisection per cluster.
+
+    Parameters
+    ----------
+    values : (N,) float64
+    weights : (N,) int64 or None
+        Positive integer weights whose total is below 2**62 (exact int64 cumulative sums), or None.
+    offsets : (S + 1,) int64
+        Segment bounds, ``offsets[0] = 0``, ``offsets[-1] = N``, strictly increasing.
+    delta : float
+
+    Returns
+    -------
+    means, cluster_weights, cluster_offsets
+        float64 means and int64 cluster weights (counts for unit weights) of all segments back to back, and the
+        (S + 1,) bounds of each segment's clusters.
+    """
+    delta = check_delta(delta)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n_total = values.shape[0]
+    if not n_total:
+        return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(offsets.size, dtype=np.int64)
+    sizes = offsets[1:] - offsets[:-1]
+    if weights is None:
+        cum = cumf = None
+    else:
+        glob = np.cumsum(weights)
+        cum = glob - np.concatenate([[0], glob])[np.repeat(offsets[:-1], sizes)]  # within each segment
+        cumf = cum.astype(np.float64)
+    big = sizes > 8.0 * (delta + 2.0)
+    if not big.any():
+        starts = _chain_starts(cumf, offsets, delta)
+    else:
+        found = []
+        small = np.flatnonzero(~big)
+        if small.size:  # the short segments together, then mapped back to their place
+            sub_sizes = sizes[small]
+            sub_offsets = np.concatenate([[0], np.cumsum(sub_sizes)])
+            shift = offsets[small] - sub_offsets[:-1]
+            pts = np.repeat(shift, sub_sizes) + np.arange(int(sub_offsets[-1]))
+            sub = _chain_starts(None if cumf is None else cumf[pts], sub_offsets, delta)
+            found.append(sub + shift[np.searchsorted(sub_offsets, sub, side="right") - 1])
+        for i in np.flatnonzero(big).tolist():
+            lo, hi = int(offsets[i]), int(offsets[i + 1])
+            cf = np.arange(1.0, hi - lo + 1.0) if cumf is None else cumf[lo:hi]
+            ends = _cluster_ends(cf, float(cf[-1]), delta)
+            found.append(np.concatenate([[lo], ends[:-1] + 1 + lo]))
+        starts = np.sort(np.concatenate(found))
+    stops = np.concatenate([starts[1:], [n_total]])
+    counts = stops - starts
+    ends = stops - 1
+    cluster_offsets = starts.searchsorted(offsets)
+    lo = values[starts]
+    hi = values[ends]
+    shifted = values - np.repeat(lo, counts)
+    if weights is None:
+        cluster_w = counts
+        num = np.add.reduceat(shifted, starts)
+        den = counts.astype(np.float64)
+    else:
+        cluster_w = cum[ends] - cum[starts] + weights[starts]
+        num = np.add.reduceat(weights.astype(np.float64) * shifted, starts)
+        den = cluster_w.astype(np.float64)
+    means = np.clip(lo + num / den, lo, hi)
+    per_segment = cluster_offsets[1:] - cluster_offsets[:-1]
+    singles = per_segment == sizes
+    if singles.any():  # segments where every sample is its own cluster keep their values as they are
+        np.putmask(means, np.repeat(singles, per_segment), lo)
+    return means, cluster_w, cluster_offsets
+
+
+def _chain_starts(cumf: np.ndarray | None, offsets: np.ndarray, delta: float) -> np.ndarray:
+    """Cluster start indices of :func:`_cluster_ends` on every segment (``cumf``: float cumulative weights within
+    each segment; None for unit weights), evaluating the bound for each sample as a potential start at once."""
+    sizes = offsets[1:] - offsets[:-1]
+    n_total = int(offsets[-1])
+    theta = 2.0 * math.pi / delta
+    if theta >= math.pi:  # δ <= 2: one cluster per segment
+        return offsets[:-1].copy()
+    # sample indices and segment bounds as floats (exact integers below 2**53)
+    index = np.arange(n_total, dtype=np.float64)
+    base = np.repeat(offsets[:-1].astype(np.float64), sizes)  # first index of each sample's segment
+    if cumf is None:
+        prev = index - base  # cumulative weight before each sample (exact integers)
+        tot = np.repeat(sizes.astype(np.float64), sizes)
+    else:
+        prev = np.concatenate([[0.0], cumf[:-1]])
+        prev[offsets[:-1]] = 0.0
+        tot = np.repeat(cumf[offsets[1:] - 1], sizes)
+    cos_t, sin_t = math.cos(theta), math.sin(theta)
+    sin2_half = math.sin(theta / 2.0) ** 2
+    # _cluster_ends' bound for a cluster starting at every sample, with the same float operations in the same
+    # order (q ∈ [0, 1], so q (1 - q) >= 0 and the max with 0 there is a no-op)
+    q = prev / tot
+    x = q * cos_t
+    x += sin2_half
+    r = 1.0 - q
+    r *= q
+    np.sqrt(r, out=r)
+    r *= sin_t
+    x += r
+    x -= EDGE_MARGIN
+    x *= tot
+    if cumf is None:  # cumulative weights 1..n: floor(x) of them are <= x (at most n)
+        below = np.minimum(np.floor(x, out=x), tot, out=x)
+    else:
+        below = np.empty(n_total, dtype=np.float64)
+        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+            below[a:b] = np.searchsorted(cumf[a:b], x[a:b], side="right")
+    # the next start: one past the last sample <= x, and at least one past the start itself
+    below += base
+    index += 1.0
+    nxt = np.maximum(below, index, out=below)
+    q *= 2.0
+    q -= 1.0
+    tail = q >= cos_t  # past π/2 every remaining sample fits
+    np.putmask(nxt, tail, base + tot if cumf is None else np.repeat(offsets[1:].astype(np.float64), sizes))
+    jumps = np.flatnonzero(nxt != index)  # a cluster starting there takes more than that one sample
+    if 2 * jumps.size > n_total:  # mostly multi-sample clusters: walk from start to start
+        nxt_list = nxt.astype(np.int64).tolist()
+        starts = []
+        start = 0
+        while start < n_total:
+            starts.append(start)
+            start = nxt_list[start]
+        return np.asarray(starts, dtype=np.int64)
+    # mostly single samples (a merge of many small digests): a cluster of one sample leads to the next sample, so
+    # walk only from jump to jump and record the runs of starts in between
+    jump_at = jumps.tolist()
+    jump_to = nxt[jumps].astype(np.int64).tolist()
+    first, last = [], []
+    start, k, n_jumps = 0, 0, len(jump_at)
+    while start < n_total:
+        k = bisect_left(jump_at, start, k)
+        first.append(start)
+        if k == n_jumps:
+            last.append(n_total - 1)
+            break
+        last.append(jump_at[k])
+        start = jump_to[k]
+    lengths = np.asarray(last, dtype=np.int64) - first + 1
+    return np.repeat(np.asarray(first, dtype=np.int64) - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
 
 
 # --------------------------------------------------------------------------------------------------------------

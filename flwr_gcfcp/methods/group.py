@@ -12,7 +12,7 @@ from ..core.groups import GroupSpec, keys_to_patterns, pattern_keys
 from ..core.quantiles import split_conformal_threshold
 from ..core.solver import AtomSolver
 from ..core.summaries import DigestSummary, RawSummary, summarize_digests
-from ..core.tdigest import TDigest, merge_digests
+from ..core.tdigest import TDigest, compress_sorted_segments, merge_digests
 from ..core.validation import InsufficientDataWarning, check_delta, check_scores
 from .base import _PI_UPPER, Calibrator, _client_integer_weights, _repeat_weights, _union
 
@@ -163,6 +163,8 @@ class GCFCP(_RegressionCalibrator):
 
     def _fit(self, summaries, pi) -> None:
         lam_ints, test_w = _client_integer_weights([s.n for s in summaries], pi)
+        if self.merge and _merge_all_atoms(self, summaries, lam_ints, test_w):
+            return
         per_atom: dict[int, list[TDigest]] = {}
         for s, w in zip(summaries, lam_ints):
             for key, means, counts in s.atom_blocks():
@@ -176,3 +178,36 @@ class GCFCP(_RegressionCalibrator):
             keys.append(np.full(merged.n_clusters, key, dtype=np.int64))
             self.coreset_size += merged.n_clusters
         self._solve_on(np.concatenate(values), np.concatenate(weights), np.concatenate(keys), test_w)
+
+
+def _merge_all_atoms(cal: GCFCP, summaries, lam_ints: list[int], test_w: int) -> bool:
+    """GC-FCP's server merge for all atoms in one pass; False (nothing done) when int64 sums could overflow.
+
+    Equal, bit for bit, to :func:`~flwr_gcfcp.core.tdigest.merge_digests` per atom over the clients' digests in
+    client order: a stable sort by atom key, then a stable sort by mean within each atom, gives each atom the order
+    merge_digests sorts it into, and :func:`~flwr_gcfcp.core.tdigest.compress_sorted_segments` is the same greedy
+    pass on every atom.
+    """
+    if not summaries:
+        return False
+    counts = [s.counts for s in summaries]
+    if max(lam_ints) >= 2**61 or sum(int(c.sum()) * w for c, w in zip(counts, lam_ints)) >= 2**61:  # int64 sums
+        return False
+    keys = np.concatenate([np.repeat(s.atom_keys, s.offsets[1:] - s.offsets[:-1]) for s in summaries])
+    means = np.concatenate([s.means for s in summaries])
+    weights = np.concatenate([c.astype(np.int64) * w for c, w in zip(counts, lam_ints)])
+    if not means.size:
+        return False
+    small = 0 <= keys.min() and keys.max() < 2**16  # then a radix sort
+    order = np.argsort(keys.astype(np.uint16) if small else keys, kind="stable")
+    keys = keys[order]
+    bounds = np.concatenate([[0], np.flatnonzero(keys[1:] != keys[:-1]) + 1, [keys.size]])
+    by_key = means[order]
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):  # per atom: sorted runs of the clients
+        order[lo:hi] = order[lo:hi][np.argsort(by_key[lo:hi], kind="stable")]
+    means, weights = means[order], weights[order]
+    merged, merged_w, cluster_offsets = compress_sorted_segments(means, weights, bounds, cal.delta)
+    cal.coreset_size = int(merged.size)
+    atom_keys = np.repeat(keys[bounds[:-1]], cluster_offsets[1:] - cluster_offsets[:-1])
+    cal._solve_on(merged, merged_w, atom_keys, test_w)
+    return True
