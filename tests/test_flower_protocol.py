@@ -306,11 +306,50 @@ def test_validate_counts_accepts_exact_bounds():
         validate_counts({**ok, "size_sum": np.array([10])}, 2, 3)
     with pytest.raises(ProtocolError, match="n = -1"):
         validate_counts({**ok, "n": np.array([-1])}, 2, 3)
-    # every count in range, but the int64 sum of class_n wraps around to n = 3; the exact sum does not
+    # counts whose int64 sum wraps around to n = 3 are refused (every count must be below 2**53)
     huge = {**ok, "class_n": np.array([2**62, 2**62, 2**62, 2**62 + 3]), "class_covered": np.array([1, 2, 0, 0])}
     assert int(huge["class_n"].sum()) == 3
-    with pytest.raises(ProtocolError, match="sum\\(class_n\\) = 18446744073709551619 != n = 3"):
+    with pytest.raises(ProtocolError, match="'class_n' must be below 2\\*\\*53"):
         validate_counts(huge, 2, 4)
+    wide = {**ok, "n": np.array([2**63], dtype=np.uint64)}
+    with pytest.raises(ProtocolError, match="'n' must be below 2\\*\\*53"):
+        validate_counts(wide, 2, 3)
+    # a group without test points has no set size (interval lengths included)
+    with pytest.raises(ProtocolError, match="group_size_sum\\[1\\] = 5"):
+        validate_counts({**ok, "group_size_sum": np.array([9, 5])}, 2, 3)
+    regression = {**ok, "class_n": np.array([3]), "class_covered": np.array([3]),
+                  "size_sum": np.array([1.5]), "group_size_sum": np.array([1.5, np.inf])}
+    with pytest.raises(ProtocolError, match="group_size_sum\\[1\\] = inf"):
+        validate_counts(regression, 2, 1, interval_lengths=True)
+
+
+def test_undecodable_or_foreign_byte_order_arrays_are_excluded_not_crashing(tmp_path):
+    """A reply array that does not decode (bad bytes) or is big-endian is a malformed reply: the node is excluded."""
+    from flwr.app import Array
+
+    from flwr_gcfcp.flower.protocol import PAYLOAD_KEY
+
+    bad = {
+        1: lambda rec, key: rec.__setitem__(key, Array(dtype="float64", shape=(3,), stype="numpy.ndarray", data=b"junk")),
+        3: lambda rec, key: rec.__setitem__(key, Array(np.asarray(rec[key].numpy()).astype(">u8"))),
+    }
+
+    class Tamper(InProcessGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            replies = list(super().send_and_receive(messages, timeout=timeout))
+            for reply in replies:
+                pid = self.node_ids.index(reply.metadata.src_node_id)
+                if pid in bad and reply.has_content() and PAYLOAD_KEY in reply.content.array_records:
+                    rec = reply.content.array_records[PAYLOAD_KEY]
+                    bad[pid](rec, sorted(rec.keys())[0])
+            return replies
+
+    report = run_conformal_rounds(Tamper(user_app(), N_NODES), **rounds(tmp_path))
+    reasons = {e["node_id"]: e["reason"] for e in report.excluded}
+    grid_ids = InProcessGrid(user_app(), N_NODES).node_ids
+    assert "does not decode" in reasons[grid_ids[1]]
+    assert "native" in reasons[grid_ids[3]]
+    assert report.status == "evaluated" and len(report.results["calibration_clients"]) == N_NODES - 2
 
 
 # ------------------------------------------------------------------------------------------ nothing lost (issue 9 item 2)

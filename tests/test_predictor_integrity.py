@@ -143,6 +143,20 @@ def test_bad_threshold_values_are_refused_even_with_a_recomputed_hash(fitted, tm
         _load_edited(path, data, rehash=False)
 
 
+def test_numbers_too_large_for_a_float_are_integrity_errors(fitted, tmp_path):
+    data, path = _saved(fitted, tmp_path, "fedcp")
+    data["thresholds"]["0"] = 10**400
+    with pytest.raises(PredictorIntegrityError, match="too large for a float"):
+        _load_edited(path, data)
+    path.write_text(json.dumps(data).replace(str(10**400), "7" * 5000))  # past Python's integer-digit limit
+    with pytest.raises(PredictorIntegrityError, match="not valid JSON"):
+        Predictor.load(path)
+    data, path = _saved(fitted, tmp_path, "gcfcp_delta250")
+    data["coreset"]["values"][0] = 10**400
+    with pytest.raises(PredictorIntegrityError, match="out of range|too large"):
+        _load_edited(path, data)
+
+
 def test_nan_literal_and_invalid_json_are_refused(fitted, tmp_path):
     data, path = _saved(fitted, tmp_path, "fedcp")
     text = json.dumps(data).replace(json.dumps(data["thresholds"]["0"]), "NaN", 1)

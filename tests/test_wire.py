@@ -342,6 +342,22 @@ def test_impossible_atom_keys_are_excluded():
     assert "not membership patterns the groups can produce" in report.excluded["c1"]
 
 
+def test_big_endian_keys_cannot_wrap_to_negative_atoms():
+    """A big-endian uint64 key 2**64 - 1 would read as -1 after a cast and drop a class's points unexcluded."""
+    clients = _synthetic_clients(12)
+    cals = make_calibrators(["classwise"], GROUPS, 0.1)
+    payloads = _payloads(cals, clients)
+    atoms = payloads["c0"]["ccclass250/atoms"].astype(">u8")
+    atoms[0, 0] = 2**64 - 1
+    payloads["c0"]["ccclass250/atoms"] = atoms
+    native = payloads["c1"]["ccclass250/atoms"].astype(np.int64)
+    native[0, 0] = -1
+    payloads["c1"]["ccclass250/atoms"] = native
+    report = fit_all(cals, payloads)
+    assert "native byte order" in report.excluded["c0"]
+    assert "keys must be >= 0" in report.excluded["c1"] or "integers >= 0" in report.excluded["c1"]
+
+
 def test_coarse_digest_claiming_delta_250_is_excluded():
     clients = _synthetic_clients(9, sizes=(300, 600, 300, 300))  # a δ = 250 digest keeps atoms below ~160 points whole
     cals, payloads = _gcfcp_round(clients)

@@ -143,7 +143,7 @@ def read_json(path: str | Path, where: str) -> object:
         raise integrity_error(where, f"not UTF-8 text ({err})") from None
     try:
         return json.loads(text, parse_constant=no_constant, object_pairs_hook=no_duplicates)
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # JSONDecodeError, and integers past Python's digit limit
         raise integrity_error(where, f"not valid JSON ({err})") from None
 
 
@@ -172,7 +172,10 @@ def threshold_value(v: object, where: str, lower: float | None, allow_unset: boo
         raise integrity_error(where, f"must be a finite number or 'inf' (full set), got {v!r}")
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise integrity_error(where, f"must be a number, got {type(v).__name__} {str(v)[:40]!r}")
-    x = float(v)
+    try:
+        x = float(v)
+    except OverflowError:
+        raise integrity_error(where, "must be finite or the string 'inf', got an integer too large for a float") from None
     if not math.isfinite(x):
         raise integrity_error(where, f"must be finite or the string 'inf', got {v!r}")
     if lower is not None and x < lower:
@@ -250,7 +253,11 @@ class SealedPredictor:
         if fmt != cls.FORMAT:
             raise integrity_error("predictor", f"not a {cls.KIND} (format {fmt!r}, expected {cls.FORMAT!r})")
         check_keys(data, cls.KEYS + ("integrity",), "predictor")
-        return cls._from_content(unseal(data, key))
+        content = unseal(data, key)
+        try:
+            return cls._from_content(content)
+        except OverflowError as err:  # an integer literal too large for a float anywhere in the content
+            raise integrity_error("predictor", f"a number is out of range ({err})") from None
 
     def save(self, path: str | Path, key: bytes | str | None = None) -> Path:
         """Write the sealed predictor as JSON (with an HMAC-SHA256 when ``key`` is given); return the path."""

@@ -118,7 +118,11 @@ def allowed_atom_keys(groups: GroupSpec | None) -> np.ndarray | int:
 
 
 def _check_keys(keys: np.ndarray, allowed: np.ndarray | int | None, field: str) -> None:
-    if not keys.size or allowed is None:
+    if not keys.size:
+        return
+    if int(keys.min()) < 0:
+        raise PayloadError(f"unknown atom ids in {field!r}: keys must be >= 0, got {int(keys.min())}")
+    if allowed is None:
         return
     if isinstance(allowed, (int, np.integer)):
         bad = keys[keys >= allowed]
@@ -136,6 +140,8 @@ def _field(arrays: Mapping[str, np.ndarray], key: str, ndim: int, kinds: str) ->
     if key not in arrays:
         raise PayloadError(f"missing field {key!r}")
     arr = np.asarray(arrays[key])
+    if not arr.dtype.isnative:
+        raise PayloadError(f"field {key!r} must be in native byte order, got dtype {arr.dtype.str}")
     if arr.ndim != ndim:
         raise PayloadError(f"field {key!r} must be {ndim}-dimensional, got shape {arr.shape}")
     if arr.size and arr.dtype.kind not in kinds:
@@ -240,7 +246,7 @@ def decode_digest_blocks(
         raise PayloadError(f"field '{prefix}atoms' must have 5 rows (key, points, clusters, widths), got shape {atoms.shape}")
     a = atoms.shape[1]
     _check_values(a, limits, f"atoms in {name!r}")
-    if atoms.dtype == np.uint64 and a and int(atoms.max()) >= 2**63:
+    if a and int(atoms.max()) >= 2**63:
         raise PayloadError(f"field '{prefix}atoms' holds values >= 2**63")
     keys, points, clusters, mean_w, count_w = (atoms[i].astype(np.int64) for i in range(5))
     if a and np.any(np.diff(keys) <= 0):
@@ -425,7 +431,7 @@ class RawSummary:
         scores = _floats(arrays, "scores")
         if scores.size != keys.size:
             raise PayloadError(f"scores and atom_keys differ in length: {scores.size} vs {keys.size}")
-        if keys.dtype == np.uint64 and keys.size and int(keys.max()) >= 2**63:
+        if keys.size and int(keys.max()) >= 2**63:
             raise PayloadError("field 'atom_keys' holds values >= 2**63")
         keys = keys.astype(np.int64)
         _check_keys(np.unique(keys), allowed_keys, "atom_keys")

@@ -108,8 +108,27 @@ def pack(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
 
 
 def unpack(record: ArrayRecord, prefix: str = "") -> dict[str, np.ndarray]:
-    """``ArrayRecord`` -> arrays whose key starts with ``prefix`` (prefix removed)."""
-    return {key[len(prefix) :]: value.numpy() for key, value in record.items() if key.startswith(prefix)}
+    """``ArrayRecord`` -> arrays whose key starts with ``prefix`` (prefix removed).
+
+    Raises
+    ------
+    ProtocolError
+        An array that does not decode, or is not a native-byte-order bool/int/float numpy array.
+    """
+    out = {}
+    for key, value in record.items():
+        if not key.startswith(prefix):
+            continue
+        try:
+            arr = value.numpy()
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError(f"array {key!r} does not decode as a numpy array: {exc}") from None
+        if arr.dtype.kind not in "biuf" or not arr.dtype.isnative:
+            raise ProtocolError(
+                f"array {key!r} has dtype {arr.dtype.str}; the protocol carries native bool/int/float arrays only"
+            )
+        out[key[len(prefix) :]] = arr
+    return out
 
 
 def meta_record(**values: Any) -> ConfigRecord:
@@ -220,7 +239,10 @@ class RoundConfig:
 def _ints(arr: np.ndarray, key: str) -> list[int]:
     if arr.dtype.kind not in "iu":
         raise ProtocolError(f"count {key!r} must hold integers, got dtype {arr.dtype}")
-    return [int(v) for v in arr.tolist()]  # Python ints: sums and products below cannot wrap around
+    vals = [int(v) for v in arr.tolist()]  # Python ints: sums and products below cannot wrap around
+    if any(v >= 2**53 for v in vals):  # the mixture weights them in float64: keep them exact there
+        raise ProtocolError(f"count {key!r} must be below 2**53, got {max(vals)}")
+    return vals
 
 
 def _floats(arr: np.ndarray, key: str) -> list[float]:
@@ -268,7 +290,7 @@ def validate_counts(
     need(0 <= covered <= n, f"covered = {covered} not in [0, n = {n}]")
 
     def size_ok(size: float, points: int) -> bool:  # interval lengths have no upper bound (a threshold may be inf)
-        return size >= 0 and (interval_lengths or size <= points * n_labels)
+        return size >= 0 and (size == 0 if points == 0 else (interval_lengths or size <= points * n_labels))
 
     need(size_ok(v["size_sum"][0], n), f"size_sum = {v['size_sum'][0]} not in [0, n·L = {n * n_labels}]")
     for g in range(n_groups):

@@ -44,6 +44,7 @@ from ..core.metrics import aggregate_counts, covgap, frac_undercov, to_jsonable
 from ..core.validation import check_alpha, check_delta
 from ..core.summaries import PayloadLimits
 from ..methods import Calibrator, fit_all, make_calibrators, payload_bytes, predictor_arrays
+from ..methods.robust import check_byzantine_clients
 from . import reporting
 from .protocol import (
     APP_CONFIG_KEY,
@@ -484,6 +485,10 @@ class ConformalRounds:
                 f"calibration: byzantine_clients={self.byzantine_clients} needs more than that many client payloads, "
                 f"got {len(payloads)} (nothing could be certified)"
             )
+        try:
+            check_byzantine_clients(self.byzantine_clients, len(payloads))
+        except ValueError as exc:
+            raise CalibrationError(f"calibration: {exc}") from exc
         t_fit = time.perf_counter()
         fit = fit_all(
             calibrators, payloads, pi={c: weights[c] for c in payloads}, limits=self.limits,
@@ -491,6 +496,8 @@ class ConformalRounds:
         )
         for cid, reason in fit.excluded.items():
             exclude(int(cid), str(reason), **{k: v for k, v in node_info[cid].items() if k != "node_id"})
+        for cid, n in fit.n_points.items():  # the points its payload holds, not what its meta record claims
+            node_info[cid]["n_calibration"] = int(n)
         flagged = {
             cid: {"node_id": int(cid), "phase": "calibration", "reason": f"flagged by the robust screening: {reason}"}
             for cid, reason in fit.flagged.items()

@@ -82,17 +82,15 @@ This module does not import flwr or torch.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from ..core.encoding import as_small_uint
 from ..core.summaries import DEFAULT_LIMITS, PayloadError, PayloadLimits, decode_digest_blocks, encode_digest_blocks
 from ..core.validation import check_delta, check_scores
-from .arrays import RULE_ATOMS, RULE_LABELS, RULE_SETVALUED, predictor_dict
+from .arrays import RULE_LABELS, RULE_SETVALUED, predictor_dict
 from .base import Calibrator
 from .classcond import FederatedClassConditionalCP
 from .setvalued import _NLL_CLIP, _NLL_SCALE, FRAMEWORKS, SetValuedClassifier, _fbeta_root, _check_k, _check_k_bar

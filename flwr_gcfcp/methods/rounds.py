@@ -183,16 +183,19 @@ def fit_all(
             report.pi = {c: float(exact_fraction(p) / total) for c, p in zip(used, pis)}
     if not used:
         return report
+    leave_out = byzantine_clients - len(flagged)
+    subsets = math.comb(len(used), leave_out) if 0 < leave_out < len(used) else 1
     for name, cal in calibrators.items():
-        cost = sum(parsed[c][name].size for c in used)
+        # the robust fit refits every leave-out subset: each subset's values count against the bound
+        cost = sum(parsed[c][name].size for c in used) * subsets
         if cost > limits.max_fit_values:
             report.failed_methods[name] = (
-                f"the fit would process {cost} values (clusters, scores, order statistics) from {len(used)} clients, "
-                f"more than PayloadLimits.max_fit_values = {limits.max_fit_values}"
+                f"the fit would process {cost} values (clusters, scores, order statistics; {subsets} subset fit(s)) "
+                f"from {len(used)} clients, more than PayloadLimits.max_fit_values = {limits.max_fit_values}"
             )
             continue
         try:
-            fit_certified(cal, [parsed[c][name] for c in used], pis, byzantine_clients - len(flagged))
+            fit_certified(cal, [parsed[c][name] for c in used], pis, leave_out)
         except (ValueError, PayloadError) as err:
             report.failed_methods[name] = str(err)
     return report

@@ -75,7 +75,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from fractions import Fraction
 from numbers import Integral, Real
 from typing import Mapping, Sequence
 
