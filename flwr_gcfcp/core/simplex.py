@@ -17,9 +17,10 @@ construction). The basic levels follow from the equality constraint; if one leav
 atom leaves the basis and β moves along the edge that frees it, with a long-step line search over all the
 breakpoints the moving atoms cross (the objective along the edge is convex piecewise linear). The basis of one
 target atom is a dual-feasible start for the next (only the levels change), so a fit of all atoms costs a few
-pivots each. Floats only order the candidate breakpoints; every quantity that decides optimality is an integer or
-a rational, and the final state is verified by :func:`check_certificate`, which is independent of how the state
-was found:
+pivots each; with one relation between the patterns a float search along the line of levels places each target's
+start next to its optimum (:meth:`DualSimplex._relation_start`). Floats only order the candidate breakpoints and
+place starts; every quantity that decides optimality is an integer or a rational, and the final state is verified
+by :func:`check_certificate`, which is independent of how the state was found:
 
 * optimal: β (rationals), the levels (c⁰, c¹); checked: θ = Φβ for every atom, Σ Φ_b (c⁰_b - L_b) = 0 and
   Σ Φ_b c¹_b = -Φ_a over all d groups, and W_<(θ_b) <= c_b <= W_<=(θ_b) lexicographically for every atom;
@@ -38,6 +39,7 @@ import numpy as np
 __all__ = ["Certificate", "CertificateError", "DualSimplex", "check_certificate"]
 
 _INT64_SAFE = 2**62
+_GRID = np.linspace(0.0, 1.0, 33)  # search grid of DualSimplex._relation_brackets
 
 
 class CertificateError(RuntimeError):
@@ -215,6 +217,7 @@ class DualSimplex:
         self.groups = independent_rows(rows_int.T, range(self.d)) if self.rank else []  # G: r independent columns
         # last optimal basis: (atoms, score indices, adjugate A (r x r), D, h = Φ_G·A of the data atoms)
         self._warm: tuple | None = None
+        self._line: tuple | bool | None = None  # built by _relation_brackets on the first call
         self._index = {p.tobytes(): b for b, p in enumerate(self.patterns)}
         self.group_rows = [np.flatnonzero(self.patterns[:, g]).tolist() for g in range(self.d)]
 
@@ -271,6 +274,10 @@ class DualSimplex:
         if self._warm is not None:
             basis, kidx, adj, det, h_data = self._warm
             basis, kidx, adj, h = list(basis), list(kidx), [list(row) for row in adj], [list(row) for row in h_data]
+            if m == self.n_data == r + 1:
+                start = self._relation_start(a, basis, adj, det, h)
+                if start is not None:
+                    basis, kidx, adj, det, h = start
         else:
             basis = list(self.basic_atoms_start)
             kidx = []
@@ -280,6 +287,10 @@ class DualSimplex:
             adj_arr, det = _adj_det(phi_g[basis])
             adj = adj_arr.tolist()
             h = (phi_g[: self.n_data].astype(object) @ adj_arr.astype(object)).tolist()
+            if m == self.n_data == r + 1:
+                start = self._relation_start(a, basis, adj, det, h)
+                if start is not None:
+                    basis, kidx, adj, det, h = start
         if m > self.n_data:  # the target without data: its row of h
             row = phi_g[m - 1].tolist()
             h.append([sum(row[g] * adj[g][i] for g in range(r) if row[g]) for i in range(r)])
@@ -364,6 +375,86 @@ class DualSimplex:
                 adj, det, h = _replace_row(adj, det, h, h[e_atom], leave)
             kidx[leave] = e_idx
         raise CertificateError(f"dual simplex did not converge in {max_iter} pivots")
+
+    def _relation_start(self, a: int, basis: list, adj: list, det: int, h: list) -> tuple | None:
+        """A basis near the optimum for target a when the patterns have one relation (rank m - 1), or None.
+
+        The levels then lie on a line c = L + t·n (n the relation: Σ n_b Φ_b = 0), and the optimal t is where the
+        fitted values' relation Σ n_b θ_b(c_b) changes sign, θ_b(c) being the score at level c (non-decreasing in
+        t). :meth:`_relation_brackets` brackets that t in floats for every target at once; the atom whose score
+        changes across the bracket (its level sits on a breakpoint at the optimum) is made the non-basic one (one
+        exact row exchange) and the others start at their scores. This only places the start: the exact pivots
+        and the certificate decide the result. Returns the new (basis, score indices, A, D, h).
+        """
+        if self._line is None:
+            self._line = self._relation_brackets(basis, det, h)
+        if self._line is False:
+            return None
+        n, brackets, base_f, flat, off, first, last = self._line
+        lo, hi = brackets[a]
+        base = base_f.copy()
+        base[a] += (self.q - self.p) * float(self.tw)
+        if lo < hi:
+            sup = np.flatnonzero(n)
+            at = flat.searchsorted((base[sup] + off[sup])[:, None] + n[sup, None] * np.array([lo, hi]), side="left")
+            at = np.minimum(np.maximum(at, first[sup, None]), last[sup, None])
+            kink = sup[at[:, 0] != at[:, 1]]
+            in_basis = set(basis)
+            j = next(b for b in range(self.n_data) if b not in in_basis)
+            if kink.size and j not in kink:
+                i = basis.index(int(kink[0]))
+                adj, det, h = _replace_row(adj, det, h, h[j], i)
+                basis = basis[:i] + [j] + basis[i + 1 :]
+        bb = np.asarray(basis)
+        k = flat.searchsorted(base[bb] + off[bb] + 0.5 * (lo + hi) * n[bb], side="right")
+        kidx = (np.minimum(np.maximum(k, first[bb]), last[bb]) - first[bb]).tolist()
+        return basis, kidx, adj, det, h
+
+    def _relation_brackets(self, basis: list, det: int, h: list) -> tuple | bool:
+        """The relation n, a float bracket (t_lo, t_hi) of the optimal t per target, and the float level axis for
+        :meth:`_relation_start`; False when the levels do not fit in floats.
+
+        All atoms' levels C_b[1:] lie on one float axis (atom b shifted by off_b), so one searchsorted finds every
+        atom's score at every grid point of every target; three refinements of a 33-point grid per target.
+        """
+        if max(int(c[-1]) for c in self.levels).bit_length() > 1000:
+            return False
+        tops = np.array([float(c[-1]) for c in self.levels])
+        base_f = np.array([float(x) for x in self.base])
+        off = np.concatenate([[0.0], np.cumsum(tops + 1.0)[:-1]])
+        sizes = np.array([v.size for v in self.values])
+        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        last = first + sizes - 1
+        flat = np.concatenate([np.asarray(c[1:], dtype=np.float64) + o for c, o in zip(self.levels, off)])
+        flat_v = np.concatenate(self.values)
+        in_basis = set(basis)
+        j = next(b for b in range(self.n_data) if b not in in_basis)
+        n = np.zeros(self.n_data)
+        n[j] = det
+        n[basis] = [-float(x) for x in h[j]]
+        n /= np.abs(n).max()
+        sup = np.flatnonzero(n)
+        ns = n[sup]
+        neg = ns < 0
+        lev = np.tile(base_f, (self.n_data, 1))  # row T: the base levels with target T's test point
+        lev.flat[:: self.n_data + 1] += (self.q - self.p) * float(self.tw)
+        lev = lev[:, sup]
+        e0, e1 = -lev / ns, (tops[sup] - lev) / ns  # feasible t: 0 <= L_b + t n_b <= T_b
+        lo, hi = np.minimum(e0, e1).max(axis=1), np.maximum(e0, e1).min(axis=1)
+        ok = lo < hi
+        rows = np.arange(self.n_data)
+        for _ in range(3):
+            t = lo[:, None] + (hi - lo)[:, None] * _GRID
+            q = (lev + off[sup])[:, :, None] + ns[None, :, None] * t[:, None, :]
+            q[:, neg] = q[:, neg, ::-1]  # every row ascending: searchsorted is faster on sorted keys
+            idx = flat.searchsorted(q, side="left")
+            idx[:, neg] = idx[:, neg, ::-1]
+            idx = np.minimum(np.maximum(idx, first[sup][None, :, None]), last[sup][None, :, None])
+            y = np.einsum("s,tsg->tg", ns, flat_v[idx])
+            i = (y < 0).sum(axis=1)  # y is non-decreasing along each row
+            lo = np.where(ok, t[rows, np.maximum(i - 1, 0)], lo)
+            hi = np.where(ok, t[rows, np.minimum(i, _GRID.size - 1)], hi)
+        return n, list(zip(lo.tolist(), hi.tolist())), base_f, flat, off, first, last
 
     def _line_search(self, moving, g, kpos, theta_f, rate0, m):
         """First breakpoint along the edge where the (scaled) rate turns >= 0 lexicographically.
