@@ -297,8 +297,20 @@ def decode_digest_blocks(
     return keys, points, offsets, means, counts
 
 
+class _Encoded:
+    """A summary with a wire form: ``nbytes`` is what its arrays carry."""
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays a client sends."""
+        return int(sum(a.nbytes for a in self.to_arrays().values()))
+
+
 @dataclass
-class DigestSummary:
+class DigestSummary(_Encoded):
     """One client's per-atom digests at one δ (the decoded form; see :meth:`to_arrays` for the wire form).
 
     Attributes
@@ -333,11 +345,6 @@ class DigestSummary:
         """Wire arrays: :func:`encode_digest_blocks` of the atoms (n_k is the sum of the atoms' points)."""
         sl = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in range(self.atom_keys.size)]
         return encode_digest_blocks(self.atom_keys.tolist(), [self.means[s] for s in sl], [self.counts[s] for s in sl])
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the arrays a client sends."""
-        return int(sum(a.nbytes for a in self.to_arrays().values()))
 
     @classmethod
     def from_arrays(
@@ -396,7 +403,7 @@ def summarize_digests(scores: np.ndarray, atom_keys: np.ndarray, delta: float) -
 
 
 @dataclass
-class RawSummary:
+class RawSummary(_Encoded):
     """Raw calibration scores and their atom keys (NOT private; centralized baselines only).
 
     Wire form: ``scores`` float64 in the client's order (the raw values themselves) and ``atom_keys`` in the
@@ -417,10 +424,6 @@ class RawSummary:
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"scores": self.scores.astype(np.float64), "atom_keys": as_small_uint(self.atom_keys.astype(np.int64))}
 
-    @property
-    def nbytes(self) -> int:
-        return int(sum(a.nbytes for a in self.to_arrays().values()))
-
     @classmethod
     def from_arrays(
         cls, arrays: Mapping[str, np.ndarray], allowed_keys: np.ndarray | int | None = None, limits: PayloadLimits = DEFAULT_LIMITS
@@ -439,7 +442,7 @@ class RawSummary:
 
 
 @dataclass
-class QQSummary:
+class QQSummary(_Encoded):
     """FedCP-QQ: the client's n_k and its largest order statistics (enough for the server's rank).
 
     Wire form: ``head`` (3,) small uint — n, number of order statistics m, their Elias-Fano bit width; ``data``
@@ -461,10 +464,6 @@ class QQSummary:
             "head": as_small_uint([self.n, self.top.size, int(widths[0]) if widths.size else 0]),
             "data": np.concatenate([_float_bytes(first), low, high]),
         }
-
-    @property
-    def nbytes(self) -> int:
-        return int(sum(a.nbytes for a in self.to_arrays().values()))
 
     @classmethod
     def from_arrays(
