@@ -16,22 +16,17 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flwr_gcfcp.core.groups import LabelSetGroups, parse_groups
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+from flwr_gcfcp.core.validation import parse_bool as check_bool
 
 #: Models of the ``cifar10-train`` data set (the ``model`` key; built by :func:`flwr_gcfcp.app.models.make_cifar10_model`).
 CIFAR10_MODELS = ("resnet20-pretrained", "resnet20", "smallcnn")
 
 
 def parse_bool(key: str, value: Any) -> bool:
-    """A run-config boolean (bool, 0/1, or 'true'/'false'/'yes'/'no'/'on'/'off')."""
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in _TRUE or low in _FALSE:
-            return low in _TRUE
-    elif isinstance(value, (bool, int)) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"run config: {key} must be true or false, got {value!r}")
+    """A run-config boolean (bool, 0/1, 'true'/'false'/'yes'/'no'/'on'/'off'; an empty value is false)."""
+    if isinstance(value, str) and not value.strip():
+        return False
+    return check_bool(value, f"run config: {key}")
 
 
 @dataclass(frozen=True)

@@ -259,6 +259,21 @@ class SealedPredictor:
         except OverflowError as err:  # an integer literal too large for a float anywhere in the content
             raise integrity_error("predictor", f"a number is out of range ({err})") from None
 
+    @staticmethod
+    def _read_common(c: Mapping) -> tuple[str, float | None]:
+        """The entries every predictor has: the method name, ``private``, α and the score lower bound."""
+        method = c["method"]
+        if not isinstance(method, str) or not method:
+            raise integrity_error("method", f"must be a non-empty string, got {method!r}")
+        if not isinstance(c["private"], bool):
+            raise integrity_error("private", f"must be true or false, got {c['private']!r}")
+        alpha_text(c["alpha"], "alpha")
+        lower = c["score_lower_bound"]
+        if lower is not None and (isinstance(lower, bool) or not isinstance(lower, (int, float))
+                                  or not math.isfinite(lower)):
+            raise integrity_error("score_lower_bound", f"must be a finite number or null, got {lower!r}")
+        return method, None if lower is None else float(lower)
+
     def save(self, path: str | Path, key: bytes | str | None = None) -> Path:
         """Write the sealed predictor as JSON (with an HMAC-SHA256 when ``key`` is given); return the path."""
         data = self.to_dict(key)
@@ -367,23 +382,13 @@ class Predictor(SealedPredictor):
 
     @classmethod
     def _from_content(cls, c: dict) -> "Predictor":
-        method = c["method"]
-        if not isinstance(method, str) or not method:
-            raise integrity_error("method", f"must be a non-empty string, got {method!r}")
+        method, lower = cls._read_common(c)
         kind = c["kind"]
         if kind not in ("marginal", "group"):
             raise integrity_error("kind", f"must be 'marginal' or 'group', got {kind!r}")
         expected = _method_kind(method)
         if expected is not None and expected != kind:
             raise integrity_error("kind", f"method {method!r} is a {expected} method, but the file says {kind!r}")
-        if not isinstance(c["private"], bool):
-            raise integrity_error("private", f"must be true or false, got {c['private']!r}")
-        alpha_text(c["alpha"], "alpha")
-        lower = c["score_lower_bound"]
-        if lower is not None and (isinstance(lower, bool) or not isinstance(lower, (int, float))
-                                  or not math.isfinite(lower)):
-            raise integrity_error("score_lower_bound", f"must be a finite number or null, got {lower!r}")
-        lower = None if lower is None else float(lower)
         groups = cls._read_groups(c["groups"], kind)
         thresholds = cls._read_thresholds(c["thresholds"], groups, lower)
         coreset = cls._read_coreset(c["coreset"], groups, lower)

@@ -182,3 +182,18 @@ def check_same_length(**arrays: object) -> int:
         shown = ", ".join(f"{key}={n}" for key, n in lengths.items())
         raise ValueError(f"mismatched lengths: {shown}")
     return next(iter(lengths.values()), 0)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(value: object, name: str) -> bool:
+    """A boolean setting given as a bool, 0/1 or ``true/false/yes/no/on/off``; ``name`` appears in the error."""
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+    elif isinstance(value, (bool, int, np.integer)) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+

@@ -89,7 +89,7 @@ import numpy as np
 
 from ..core.encoding import as_small_uint
 from ..core.summaries import DEFAULT_LIMITS, PayloadError, PayloadLimits, decode_digest_blocks, encode_digest_blocks
-from ..core.validation import check_delta, check_scores
+from ..core.validation import check_delta, check_scores, parse_bool
 from .arrays import RULE_LABELS, RULE_SETVALUED, predictor_dict
 from .base import Calibrator
 from .classcond import FederatedClassConditionalCP
@@ -152,15 +152,6 @@ _OPTIONS = {
 def _num(text: str) -> str:
     v = float(text)
     return f"{int(v)}" if v.is_integer() and abs(v) < 1e15 else f"{v:g}"
-
-
-def _bool(method: str, key: str, text: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"method {method!r}: {key} must be true or false, got {text!r}")
 
 
 def _float(method: str, key: str, text: str) -> float:
@@ -254,7 +245,7 @@ def make_extra_calibrator(
     if n_classes is not None and (not isinstance(n_classes, (int, np.integer)) or int(n_classes) < 2):
         raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
     if base in CLASSCOND_METHODS:
-        conservative = _bool(raw, "conservative", params.get("conservative", "false"))
+        conservative = parse_bool(params.get("conservative", "false"), f"method {raw!r}: conservative")
         gamma = _float(raw, "gamma", params["gamma"]) if "gamma" in params else None
         if gamma is not None and not 0 <= gamma <= 1:
             raise ValueError(f"method {raw!r}: gamma must be in [0, 1], got {params['gamma']!r}")
@@ -283,14 +274,14 @@ def make_extra_calibrator(
         if base == "fbeta":
             kwargs["beta"] = _float(raw, "beta", params["beta"]) if "beta" in params else 1.0
         if base == "pointwise":
-            kwargs["temperature_scaling"] = _bool(raw, "ts", params.get("ts", "true"))
+            kwargs["temperature_scaling"] = parse_bool(params.get("ts", "true"), f"method {raw!r}: ts")
             if "offset" in params:
                 text = params["offset"].lower()
                 kwargs["offset"] = "sqrt" if text == "sqrt" else _float(raw, "offset", params["offset"])
         if base in ("avg_size", "hybrid") and "rule" in params:
             kwargs["size_rule"] = params["rule"].lower()
         if base == "avg_error":
-            kwargs["conservative"] = _bool(raw, "conservative", params.get("conservative", "false"))
+            kwargs["conservative"] = parse_bool(params.get("conservative", "false"), f"method {raw!r}: conservative")
         return SetValuedCalibrator(SETVALUED_SHORT[base], n_classes=n_classes, name=name, **kwargs)
     except ValueError as err:
         if str(err).startswith("method "):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.groups import GroupSpec, pattern_keys
 from ..core.metrics import to_jsonable
-from ..core.predictor import SealedPredictor, alpha_text, check_keys, integrity_error, seal, threshold_value
+from ..core.predictor import SealedPredictor, check_keys, integrity_error, seal, threshold_value
 from ..core.summaries import PayloadError
 from ..core.validation import InsufficientDataWarning, check_scores
 from .base import Calibrator
@@ -242,16 +242,7 @@ class ArraysPredictor(SealedPredictor):
 
     @classmethod
     def _from_content(cls, c: dict) -> "ArraysPredictor":
-        method = c["method"]
-        if not isinstance(method, str) or not method:
-            raise integrity_error("method", f"must be a non-empty string, got {method!r}")
-        if not isinstance(c["private"], bool):
-            raise integrity_error("private", f"must be true or false, got {c['private']!r}")
-        alpha_text(c["alpha"], "alpha")
-        lower = c["score_lower_bound"]
-        if lower is not None and (isinstance(lower, bool) or not isinstance(lower, (int, float))
-                                  or not math.isfinite(lower)):
-            raise integrity_error("score_lower_bound", f"must be a finite number or null, got {lower!r}")
+        method, lower = cls._read_common(c)
         if not isinstance(c["info"], Mapping):
             raise integrity_error("info", f"must be an object, got {type(c['info']).__name__}")
         raw, dtypes = c["arrays"], c["dtypes"]
@@ -272,7 +263,6 @@ class ArraysPredictor(SealedPredictor):
         for name, dtype in expected.items():
             if dtypes[name] != dtype:
                 raise integrity_error(f"dtypes.{name}", f"must be {dtype!r}, got {dtypes[name]!r}")
-        lower = None if lower is None else float(lower)
         arrays = {name: _read_array(name, raw[name], dtype, lower) for name, dtype in expected.items()}
         if rule == RULE_LABELS:
             listed = arrays["label_thresholds"].tolist()
