@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import scipy.special
 
 from flwr_gcfcp.methods.classcond import ClassConditionalCP, FederatedClassConditionalCP, clustering_heuristic, fit_federated_in_process
 from flwr_gcfcp.core.scores import make_score
@@ -188,11 +189,6 @@ def run_class_conditional(
 
 
 # ---------------------------------------------------------------------------------------------------- set-valued
-def _softmax_rows(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _err_size(mask: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return float(1 - mask[np.arange(labels.size), labels].mean()), float(mask.sum(axis=1).mean())
 
@@ -271,7 +267,7 @@ def run_set_valued(
         pt, yt, zt = p[test], y[test], logits[test]
         if temperature_scaled:
             scaling.append(fit_temperature(zc, yc))
-            pc, pt = _softmax_rows(zc / scaling[-1]), _softmax_rows(zt / scaling[-1])
+            pc, pt = scipy.special.softmax(zc / scaling[-1], axis=1), scipy.special.softmax(zt / scaling[-1], axis=1)
             zc, zt = np.log(np.maximum(pc, 1e-300)), np.log(np.maximum(pt, 1e-300))
         client = dirichlet_clients(yc, n_clients, dirichlet_alpha, seed=int(rng.integers(2**31))) if federated else None
         sel = [client == k for k in range(n_clients)] if federated else []

@@ -79,6 +79,7 @@ from numbers import Integral, Real
 from typing import Mapping, Sequence
 
 import numpy as np
+import scipy.special
 
 from ..core.validation import (
     InsufficientDataWarning,
@@ -227,10 +228,7 @@ def pointwise_error_mask(probs: object, epsilon: float, offset: float = 0.0) -> 
 
 
 def _softmax_t(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return scipy.special.softmax(logits / temperature, axis=1)
 
 
 def _as_logits(logits: object = None, probs: object = None) -> np.ndarray:
