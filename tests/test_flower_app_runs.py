@@ -309,3 +309,13 @@ def test_no_evaluation_counts_is_a_failed_run(tmp_path, app_config):
     assert (run / "predictor_fedcp.json").is_file()
     code, line = run_status.check(tmp_path / "results")
     assert code == 1 and "no node returned valid evaluation counts" in line
+
+
+def test_bad_accuracy_counts_from_a_node_are_ignored_not_crashing():
+    """Training replies' test counts are a node's claim: only integers with 0 <= correct <= total are summed."""
+    from flwr_gcfcp.app.server_app import _test_counts
+
+    assert _test_counts(3, 5, 1, "round 1") == (3, 5)
+    assert _test_counts(None, None, 1, "round 1") is None
+    for correct, total in [(6, 5), (-1, 5), (2.0, 5), (float("nan"), 5), (True, 5), (3, None)]:
+        assert _test_counts(correct, total, 1, "round 1") is None

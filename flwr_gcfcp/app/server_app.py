@@ -43,6 +43,18 @@ PARTITION_METRIC = "partition-id"
 TEST_CORRECT_METRIC, TEST_EXAMPLES_METRIC = "test-correct", "test-examples"
 
 
+def _test_counts(correct: Any, total: Any, node_id: int, what: str) -> tuple[int, int] | None:
+    """A node's (correct, total) test counts if they are integers with 0 <= correct <= total; else None (logged)."""
+    if correct is None and total is None:
+        return None
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (correct, total))
+    if ints and 0 <= correct <= total:
+        return correct, total
+    log(WARNING, "%s: ignoring node %s's test counts (correct=%r, total=%r): not integers with "
+        "0 <= correct <= total", what, node_id, correct, total)
+    return None
+
+
 class TrainingError(RuntimeError):
     """A training round in which no node returned a usable update (the reasons, one per cause)."""
 
@@ -103,14 +115,16 @@ class OrderedFedAvg(FedAvg):
         for msg in ok:  # the test counts are the bundled ClientApp's, not FedAvg's to average
             for record in msg.content.metric_records.values():
                 c, n = record.pop(TEST_CORRECT_METRIC, None), record.pop(TEST_EXAMPLES_METRIC, None)
-                if c is not None and n is not None:
-                    correct, total = correct + int(c), total + int(n)
+                counted = _test_counts(c, n, msg.metadata.src_node_id, f"training round {server_round}")
+                if counted is not None:
+                    correct, total = correct + counted[0], total + counted[1]
 
         def key(msg: Message) -> tuple[int, str]:
             pid = None
             for record in msg.content.metric_records.values():
                 pid = record.pop(PARTITION_METRIC, pid)
-            return (int(pid) if pid is not None else 1 << 62, _content_digest(msg))
+            valid = isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0
+            return (pid if valid else 1 << 62, _content_digest(msg))  # a bad claim only moves the node last
 
         ok = sorted(ok, key=key)
         arrays, metrics = super().aggregate_train(server_round, ok)
@@ -237,7 +251,10 @@ def final_accuracy(grid: Grid, cfg: AppConfig, arrays: ArrayRecord) -> dict[str,
             continue
         record = msg.content.metric_records.get("metrics")
         if record is not None and "test-correct" in record and "num-examples" in record:
-            correct, total = correct + int(record["test-correct"]), total + int(record["num-examples"])
+            counted = _test_counts(record["test-correct"], record["num-examples"], msg.metadata.src_node_id,
+                                   "final accuracy")
+            if counted is not None:
+                correct, total = correct + counted[0], total + counted[1]
     if not total:
         log(WARNING, "Final accuracy: no node reported test counts")
         return None
