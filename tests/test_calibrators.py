@@ -288,15 +288,17 @@ def test_many_independent_groups_warn_about_degenerate_atoms():
     from fractions import Fraction
 
     from flwr_gcfcp.methods.group import DegenerateAtomsWarning, _warn_small_atoms
-    from flwr_gcfcp.core.groups import pattern_keys
+    from flwr_gcfcp.core.groups import pattern_keys, unique_keys
 
     rng = np.random.default_rng(14)
     member = rng.random((600, 12)) < 0.5  # 12 independent attributes: almost one pattern per point
+    uniq, _, counts = unique_keys(pattern_keys(member))
     with pytest.warns(DegenerateAtomsWarning, match="one atom per point"):
-        _warn_small_atoms("condcp", pattern_keys(member), Fraction(1, 10))
+        _warn_small_atoms("condcp", uniq, counts, Fraction(1, 10))
+    uniq, _, counts = unique_keys(GROUPS.atom_keys(rng.integers(0, 10, 600)))
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegenerateAtomsWarning)
-        _warn_small_atoms("condcp", pattern_keys(GROUPS.membership(rng.integers(0, 10, 600))), Fraction(1, 10))
+        _warn_small_atoms("condcp", uniq, counts, Fraction(1, 10))
 
 
 def test_predict_rejects_mismatched_features_and_conservative_alpha_is_rounded_down():

@@ -351,3 +351,24 @@ def test_bad_intervals_and_features():
         g.membership(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="add_rest must be a bool"):
         IntervalGroups([(0, 1)], add_rest="yes")
+
+
+def test_atom_keys_equal_pattern_keys_of_membership_and_unique_keys_equal_numpy():
+    from flwr_gcfcp.core.groups import pattern_keys, unique_keys
+
+    rng = np.random.default_rng(3)
+    spec = parse_groups("0-3;2-5;4-7;6-9", n_labels=10)
+    for features in (rng.integers(0, 10, 500), rng.dirichlet(np.ones(10), 300)):
+        assert np.array_equal(spec.atom_keys(features), pattern_keys(spec.membership(features)))
+    gap = parse_groups("0-3;6-9", n_labels=10)
+    with pytest.raises(ValueError, match="belong to no group"):
+        gap.atom_keys([0, 5])
+    with pytest.raises(ValueError, match="must lie in"):
+        spec.atom_keys([0, 10])
+    assert spec.all_patterns() is spec.all_patterns() and not spec.all_patterns().flags.writeable
+    for keys in (rng.integers(0, 50, 1000), rng.integers(0, 2**40, 1000), rng.integers(2**16 - 3, 2**16 + 3, 200),
+                 np.zeros(0, dtype=np.int64)):
+        got = unique_keys(keys)
+        want = np.unique(keys, return_inverse=True, return_counts=True)
+        for a, b in zip(got, want):
+            assert np.array_equal(a, b.reshape(-1))

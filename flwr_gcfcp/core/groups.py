@@ -137,14 +137,33 @@ class GroupSpec:
         """
         raise NotImplementedError
 
+    def atom_keys(self, features: object) -> np.ndarray:
+        """Atom key of each point: :func:`pattern_keys` of its :meth:`membership` row.
+
+        Returns
+        -------
+        numpy.ndarray, shape (n,), int64
+        """
+        return pattern_keys(self.membership(features))
+
     def all_patterns(self) -> np.ndarray | None:
         """Every membership pattern a valid point can have, or None when they cannot be enumerated.
+
+        Computed once per family (read-only array; a fit asks for it every time).
 
         Returns
         -------
         numpy.ndarray of shape (m, d), bool, or None
             Distinct non-empty patterns (possibly a superset of those reachable).
         """
+        if "_all_patterns" not in self.__dict__:
+            patterns = self._enumerate_patterns()
+            if patterns is not None:
+                patterns.setflags(write=False)
+            self._all_patterns = patterns
+        return self._all_patterns
+
+    def _enumerate_patterns(self) -> np.ndarray | None:
         return None
 
     def to_text(self) -> str:
@@ -289,19 +308,31 @@ class LabelSetGroups(_ExtraGroups):
             base[list(members), g] = True
         self._table = self._with_extras(base)  # (L, d): membership of each predicted label
 
-    def membership(self, features: object) -> np.ndarray:
+    def _predicted(self, features: object) -> np.ndarray:
         arr = np.asarray(features)
         if arr.ndim == 2 and arr.shape[1] != 1:
             probs = check_probabilities(arr, name="features")
             if probs.shape[1] != self.n_labels:
                 raise ValueError(f"features must have n_labels = {self.n_labels} columns, got shape {probs.shape}")
-            pred = np.argmax(probs, axis=1)  # first maximum: ties -> lowest label
-        else:
-            pred = check_labels(arr, self.n_labels, name="features")
-        matrix = self._table[pred]
-        return self._require_covered(matrix, pred)
+            return np.argmax(probs, axis=1)  # first maximum: ties -> lowest label
+        return check_labels(arr, self.n_labels, name="features")
 
-    def all_patterns(self) -> np.ndarray:
+    def membership(self, features: object) -> np.ndarray:
+        pred = self._predicted(features)
+        return self._require_covered(self._table[pred], pred)
+
+    def atom_keys(self, features: object) -> np.ndarray:
+        if self.n_groups > MAX_KEY_GROUPS:
+            return super().atom_keys(features)  # raises pattern_keys' error
+        if "_label_keys" not in self.__dict__:
+            self._label_keys = pattern_keys(self._table)  # one key per predicted label
+        pred = self._predicted(features)
+        keys = self._label_keys[pred]
+        if keys.size and not keys.all():  # key 0: a label in no group
+            self._require_covered(self._table[pred], pred)
+        return keys
+
+    def _enumerate_patterns(self) -> np.ndarray:
         """One pattern per predicted label (labels in no group skipped), duplicates removed, by first label."""
         covered = self._table[self._table.any(axis=1)]
         return _unique_rows(covered)
@@ -389,7 +420,7 @@ class IntervalGroups(_ExtraGroups):
         values = self._values(features)
         return self._require_covered(self._patterns_at(values), values)
 
-    def all_patterns(self) -> np.ndarray:
+    def _enumerate_patterns(self) -> np.ndarray:
         """Patterns at every finite endpoint, just below and just above it (so between endpoints and outside)."""
         ends = np.unique(np.concatenate([self._lo, self._hi]))
         ends = ends[np.isfinite(ends)]
@@ -664,6 +695,26 @@ def pattern_keys(membership: np.ndarray) -> np.ndarray:
     if not 1 <= d <= MAX_KEY_GROUPS:
         raise ValueError(f"membership must have 1 to {MAX_KEY_GROUPS} columns (groups) for int64 keys, got d = {d}")
     return (matrix.astype(np.int64) << np.arange(d, dtype=np.int64)).sum(axis=1, dtype=np.int64)
+
+
+def unique_keys(keys: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_inverse=True, return_counts=True)`` for int64 atom keys.
+
+    Keys below 2**16 (families of up to 16 groups) are counted with ``bincount`` instead of sorted.
+
+    Returns
+    -------
+    (uniq, inverse, counts)
+        Sorted distinct keys, the row of ``uniq`` of each key, and how often each distinct key occurs.
+    """
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if keys.size and 0 <= keys.min() and keys.max() < 2**16:
+        tally = np.bincount(keys)
+        uniq = np.flatnonzero(tally)
+        lookup = np.zeros(tally.size, dtype=np.int64)
+        lookup[uniq] = np.arange(uniq.size)
+        return uniq, lookup[keys], tally[uniq]
+    return np.unique(keys, return_inverse=True, return_counts=True)
 
 
 def keys_to_patterns(keys: object, n_groups: int) -> np.ndarray:

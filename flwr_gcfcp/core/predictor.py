@@ -558,7 +558,7 @@ class Predictor(SealedPredictor):
                 f"{self.method}: features are needed to place points in the groups {self.groups.to_text()!r}: "
                 "predict(score_matrix, features)"
             )
-        keys = pattern_keys(self.groups.membership(features))
+        keys = self.groups.atom_keys(features)
         if n is not None and keys.size != n:
             raise ValueError(f"features describe {keys.size} points but score_matrix has {n} rows")
         out = np.empty(keys.size)

@@ -156,7 +156,10 @@ class AtomSolver:
             raise ValueError(f"mismatched lengths: values={vals.size}, weights={w.size}, atom_index={idx.size}")
         if idx.size and (idx.min() < 0 or idx.max() >= len(pats)):
             raise ValueError(f"atom_index must lie in [0, {len(pats)}), got values in [{idx.min()}, {idx.max()}]")
-        if w.dtype != object:
+        if w.dtype.kind in "iu":
+            if w.size and w.min() <= 0:
+                raise ValueError("weights must be finite and > 0")
+        elif w.dtype != object:
             if not np.all(np.isfinite(w.astype(np.float64))) or np.any(w <= 0):
                 raise ValueError("weights must be finite and > 0")
         elif any(x <= 0 for x in w):
@@ -179,7 +182,10 @@ class AtomSolver:
             keep = nonzero[idx]
             idx, vals, w_int = idx[keep], vals[keep], w_int[keep]
         by_value = np.argsort(vals)
-        order = by_value[np.argsort(idx[by_value], kind="stable")]  # by atom, then by score
+        by_atom = idx[by_value]
+        if len(pats) <= 2**16:  # a stable sort of 8- or 16-bit keys is a radix sort
+            by_atom = by_atom.astype(np.uint8 if len(pats) <= 2**8 else np.uint16)
+        order = by_value[np.argsort(by_atom, kind="stable")]  # by atom, then by score
         s_idx, s_vals, s_w = idx[order], vals[order], w_int[order]
         cuts = np.flatnonzero((np.diff(s_idx) != 0) | (np.diff(s_vals) != 0)) + 1
         starts = np.concatenate([[0], cuts]).astype(np.int64) if s_idx.size else np.zeros(0, dtype=np.int64)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..core.groups import GroupSpec, pattern_keys
+from ..core.groups import GroupSpec
 from ..core.metrics import to_jsonable
 from ..core.predictor import SealedPredictor, check_keys, integrity_error, seal, threshold_value
 from ..core.summaries import PayloadError
@@ -63,7 +63,7 @@ def thresholds_from_arrays(arrays: Mapping[str, np.ndarray], features, groups: G
     if int(np.asarray(arrays.get("constant", [0]))[0]) == 1 or groups is None:
         count = n if n is not None else len(features)
         return np.full(int(count), float(thr[0]))
-    keys = pattern_keys(groups.membership(features))
+    keys = groups.atom_keys(features)
     lookup = dict(zip(keys_arr.tolist(), thr.tolist()))
     out = np.array([lookup.get(k, math.inf) for k in keys.tolist()], dtype=np.float64)
     unknown = sum(1 for k in set(keys.tolist()) if k not in lookup)

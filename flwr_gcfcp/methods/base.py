@@ -79,7 +79,7 @@ class Calibrator:
     def atom_keys(self, features: object, n: int) -> np.ndarray:
         if self.groups is None:
             return np.zeros(n, dtype=np.int64)
-        keys = pattern_keys(self.groups.membership(features))
+        keys = self.groups.atom_keys(features)
         if keys.size != n:
             raise ValueError(f"features describe {keys.size} points but there are {n} scores")
         return keys
@@ -142,7 +142,7 @@ class Calibrator:
             return self.threshold_for_keys(np.zeros(count, dtype=np.int64))
         if features is None:
             raise ValueError(f"{self.name}: features are needed to place points in groups ({self.groups.to_text()!r})")
-        thr = self.threshold_for_keys(pattern_keys(self.groups.membership(features)))
+        thr = self.threshold_for_keys(self.groups.atom_keys(features))
         if n is not None and thr.shape[0] != n:
             raise ValueError(f"features describe {thr.shape[0]} points but score_matrix has {n} rows")
         return thr

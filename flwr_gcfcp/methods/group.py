@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..core.groups import GroupSpec, keys_to_patterns, pattern_keys
+from ..core.groups import GroupSpec, keys_to_patterns, pattern_keys, unique_keys
 from ..core.quantiles import split_conformal_threshold
 from ..core.solver import AtomSolver
 from ..core.summaries import DigestSummary, RawSummary, summarize_digests
@@ -65,11 +65,11 @@ class _RegressionCalibrator(Calibrator):
         super().__init__(alpha, groups)
 
     def _solve_on(self, values, weights, keys, test_weight) -> None:
-        uniq, index = np.unique(np.asarray(keys, dtype=np.int64), return_inverse=True)
-        patterns = keys_to_patterns(uniq, self.groups.n_groups)
         if np.asarray(values).size == 0:
             raise ValueError(f"{self.name}: no calibration scores from any client")
-        _warn_small_atoms(self.name, keys, self.alpha)  # before solving: a degenerate family can be slow
+        uniq, index, counts = unique_keys(keys)
+        patterns = keys_to_patterns(uniq, self.groups.n_groups)
+        _warn_small_atoms(self.name, uniq, counts, self.alpha)  # before solving: a degenerate family can be slow
         self._solver = AtomSolver(values, weights, index, patterns, self.alpha, test_weight)
         self._coreset = (values, weights, keys, test_weight)  # kept for the saved predictor
         for key, pat in zip(uniq.tolist(), patterns):
@@ -80,12 +80,13 @@ class DegenerateAtomsWarning(UserWarning):
     """Most calibration points sit in atoms of their own: per-atom thresholds and digests lose their advantage."""
 
 
-def _warn_small_atoms(name: str, keys: np.ndarray, alpha: Fraction) -> None:
+def _warn_small_atoms(name: str, uniq: np.ndarray, counts: np.ndarray, alpha: Fraction) -> None:
+    """Warn about degenerate families; ``uniq``/``counts``: the distinct atom keys and their points (or clusters)."""
     need = math.ceil((1 - alpha) / alpha)
-    uniq, counts = np.unique(keys, return_counts=True)
-    if uniq.size >= 50 and uniq.size > keys.size / 4:
+    total = int(counts.sum())
+    if uniq.size >= 50 and uniq.size > total / 4:
         warnings.warn(
-            f"{name}: {uniq.size} distinct membership patterns for {keys.size} calibration points/clusters: the groups "
+            f"{name}: {uniq.size} distinct membership patterns for {total} calibration points/clusters: the groups "
             "split the data into nearly one atom per point (e.g. groups on many independent attributes), so per-atom "
             "thresholds approach per-point solves and digests compress little; consider fewer or nested groups",
             DegenerateAtomsWarning,
