@@ -53,6 +53,18 @@ def test_cluster_ends_match_the_plain_loop(monkeypatch):
             assert np.asarray(a.weights).tolist() == np.asarray(b.weights).tolist()
 
 
+def test_unit_weight_clusters_match_the_plain_loop():
+    """Unit weights: one scalar bound per cluster (_unit_starts) gives the plain loop's clusters for every n, δ."""
+    rng = np.random.default_rng(7)
+    deltas = [0.5, 2.0, 2.0001, 3.0, 7.5, 25.0, 40.0, 250.0, 333.3, 2500.0, 1e5, 1e9, 1e17, 1e300]
+    deltas += rng.uniform(2.0, 5000.0, 6).tolist()
+    for delta in deltas:
+        for n in list(range(1, 120)) + rng.integers(120, 40000, 12).tolist():
+            ends = _cluster_ends_plain(np.arange(1.0, n + 1.0), float(n), delta)
+            starts = np.concatenate([[0], ends[:-1] + 1])
+            assert np.array_equal(tdigest._unit_starts(n, delta), starts), (n, delta)
+
+
 @pytest.mark.parametrize("big", [False, True])
 def test_merge_of_object_int_weights_is_unchanged(big):
     """Server merges carry exact Python-int weights (counts times a common integer λ scale), within int64 or not."""

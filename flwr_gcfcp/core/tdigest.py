@@ -185,6 +185,31 @@ def _cluster_ends(cumf: np.ndarray, total: float, delta: float) -> np.ndarray:
     return np.asarray(ends, dtype=np.int64)
 
 
+def _unit_starts(n: int, delta: float) -> np.ndarray:
+    """Start index of each greedy cluster over ``n >= 1`` unit-weight samples, one scalar bound per cluster.
+
+    The cumulative weights are 1..n, so a cluster starting after ``s`` points takes the points up to
+    ``floor(n · bound(s/n))`` (at least one; all the rest once ``2 s/n - 1 >= cos θ``): the same bound with the same
+    float operations as :func:`_cluster_ends`, without its list of n cumulative weights (O(clusters), not O(n)).
+    """
+    theta = 2.0 * math.pi / delta
+    if theta >= math.pi:  # δ <= 2: one cluster
+        return np.zeros(1, dtype=np.int64)
+    cos_t, sin_t = math.cos(theta), math.sin(theta)
+    sin2_half = math.sin(theta / 2.0) ** 2
+    sqrt, floor, nf = math.sqrt, math.floor, float(n)
+    starts = []
+    start = 0
+    while start < n:
+        starts.append(start)
+        q = start / nf
+        if 2.0 * q - 1.0 >= cos_t:
+            break
+        end = floor((q * cos_t + sin2_half + sqrt(q * (1.0 - q)) * sin_t - EDGE_MARGIN) * nf)
+        start = start + 1 if end <= start else min(end, n)
+    return np.asarray(starts, dtype=np.int64)
+
+
 def check_unit_structure(counts: np.ndarray, delta: float) -> str | None:
     """Check that cluster sizes are those the greedy construction gives for unit weights at ``delta``.
 
@@ -269,15 +294,17 @@ def _compress(values: np.ndarray, weights: np.ndarray, delta: float, unit: bool 
         if w64 is not None and float(w64.sum(dtype=np.float64)) < 2.0**62:
             weights, as_object = w64, True
     if unit:
-        cum = np.arange(1, n + 1, dtype=np.int64)
+        starts = _unit_starts(n, delta)
+        ends = np.append(starts[1:] - 1, n - 1)
+        cum_end = ends + 1
     else:
         cum = np.cumsum(weights)  # own dtype: exact for int64 / object ints
-    cumf = cum.astype(np.float64) if cum.dtype != np.float64 else cum
-    ends = _cluster_ends(cumf, float(cumf[-1]), delta)
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    cum_end = cum[ends]
+        cumf = cum.astype(np.float64) if cum.dtype != np.float64 else cum
+        ends = _cluster_ends(cumf, float(cumf[-1]), delta)
+        starts = np.empty_like(ends)
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+        cum_end = cum[ends]
     cluster_w = cum_end.copy()
     cluster_w[1:] = cum_end[1:] - cum_end[:-1]
     if as_object:
@@ -309,8 +336,8 @@ def compress_sorted_segments(
     for bit, what the per-digest pass gives on that segment alone: the same cumulative weights, the same float
     right-edge bound per cluster, the same ``reduceat`` sums over the same elements. Segments of at most
     ``8 (δ + 2)`` samples (a client's atoms) evaluate the bound for every sample as a cluster start at once and walk
-    from start to start in Python; longer ones (a server merging many clients: far more samples than clusters)
-    run :func:`_cluster_ends` itself, one bisection per cluster.
+    from start to start in Python; longer ones (far more samples than clusters) compute one bound per cluster:
+    :func:`_unit_starts` for unit weights, :func:`_cluster_ends` (one bisection each) for integer weights.
 
     Parameters
     ----------
@@ -354,9 +381,11 @@ def compress_sorted_segments(
             found.append(sub + shift[np.searchsorted(sub_offsets, sub, side="right") - 1])
         for i in np.flatnonzero(big).tolist():
             lo, hi = int(offsets[i]), int(offsets[i + 1])
-            cf = np.arange(1.0, hi - lo + 1.0) if cumf is None else cumf[lo:hi]
-            ends = _cluster_ends(cf, float(cf[-1]), delta)
-            found.append(np.concatenate([[lo], ends[:-1] + 1 + lo]))
+            if cumf is None:
+                found.append(_unit_starts(hi - lo, delta) + lo)
+            else:
+                ends = _cluster_ends(cumf[lo:hi], float(cumf[hi - 1]), delta)
+                found.append(np.concatenate([[lo], ends[:-1] + 1 + lo]))
         starts = np.sort(np.concatenate(found))
     stops = np.concatenate([starts[1:], [n_total]])
     counts = stops - starts
