@@ -156,6 +156,7 @@ def independent_rows(rows: np.ndarray, order) -> list[int]:
     """Greedy maximal set of linearly independent integer rows (exact fraction-free elimination), visiting ``order``."""
     basis: list[tuple[int, list[int]]] = []  # (pivot column, reduced integer row)
     chosen = []
+    rows = np.asarray(rows).tolist()
     for i in order:
         vec = [int(x) for x in rows[i]]
         for pc, b in basis:
@@ -219,7 +220,10 @@ class DualSimplex:
         self._warm: tuple | None = None
         self._line: tuple | bool | None = None  # built by _relation_brackets on the first call
         self._index = {p.tobytes(): b for b, p in enumerate(self.patterns)}
-        self.group_rows = [np.flatnonzero(self.patterns[:, g]).tolist() for g in range(self.d)]
+        member = self.patterns.tolist()
+        self.atom_groups = [[g for g, x in enumerate(row) if x] for row in member]  # groups of each data atom
+        self.group_rows = [[b for b, row in enumerate(member) if row[g]] for g in range(self.d)]  # atoms of each group
+        self._phi_g = self.patterns[:, self.groups].astype(np.int64) if self.d else np.zeros((self.n_data, 0), np.int64)
 
     # ---------------------------------------------------------------- public
     def solve(self, target: np.ndarray) -> Certificate:
@@ -268,7 +272,7 @@ class DualSimplex:
         m = phi.shape[0]
         G = self.groups
         r = len(G)
-        phi_g = phi[:, G].astype(np.int64)
+        phi_g = self._phi_g if m == self.n_data else phi[:, G].astype(np.int64)
         L = list(self.base) + ([0] if m > self.n_data else [])
         L[a] = L[a] + (self.q - self.p) * self.tw
         if self._warm is not None:
@@ -539,18 +543,21 @@ def check_certificate(cert: Certificate, engine: DualSimplex, target: np.ndarray
     from the scores, and both equality systems over all d groups, in integers / rationals.
     """
     target = np.asarray(target, dtype=bool)
-    pats = engine.patterns
     a = cert.target
-    phi = pats if a < engine.n_data else (np.vstack([pats, target[None, :]]) if engine.n_data else target[None, :])
-    if not np.array_equal(phi[a], target):
+    groups_of = list(engine.atom_groups)  # member groups of each atom, the target without data last
+    if a >= engine.n_data:
+        groups_of.append(np.flatnonzero(target).tolist())
+    if not (0 <= a < len(groups_of)) or groups_of[a] != np.flatnonzero(target).tolist():
         raise CertificateError("certificate target does not match the pattern")
-    m, d = phi.shape
+    m, d = len(groups_of), engine.d
+    if any(not isinstance(k, int) or not 0 <= k < d for k in cert.beta):
+        raise CertificateError(f"certificate names groups outside 0..{d - 1}: {sorted(map(repr, cert.beta))[:5]}")
     qp = engine.q - engine.p
     L = list(engine.base) + ([0] if m > engine.n_data else [])
     L[a] += qp * engine.tw
     totals = [int(c[-1]) for c in engine.levels] + ([0] if m > engine.n_data else [])
     if cert.kind == "unbounded":
-        g = [sum(int(x) for gr, x in cert.beta.items() if phi[j, gr]) for j in range(m)]
+        g = [sum(int(cert.beta.get(gr, 0)) for gr in groups_of[j]) for j in range(m)]
         rate = sum(gj * ((totals[j] if gj > 0 else 0) - L[j]) for j, gj in enumerate(g))
         if not rate < 0:
             raise CertificateError(f"unbounded certificate has a non-negative recession rate {rate}")
@@ -560,15 +567,16 @@ def check_certificate(cert: Certificate, engine: DualSimplex, target: np.ndarray
     den, lden = cert.den, cert.level_den
     if den <= 0 or lden <= 0 or len(cert.levels0) != m or len(cert.levels1) != m:
         raise CertificateError("malformed optimal certificate")
-    theta = [sum(int(x) for gr, x in cert.beta.items() if phi[j, gr]) for j in range(m)]
-    if cert.value != Fraction(theta[a], den):
+    theta = [sum(int(cert.beta.get(gr, 0)) for gr in groups_of[j]) for j in range(m)]
+    if not isinstance(cert.value, Fraction) or cert.value.numerator * den != theta[a] * cert.value.denominator:
         raise CertificateError("certificate value differs from Φ_aᵀβ")
     c0, c1 = cert.levels0, cert.levels1
+    in_target = set(groups_of[a])
     for gr in range(d):
-        rows = engine.group_rows[gr] + ([m - 1] if m > engine.n_data and phi[m - 1, gr] else [])
+        rows = engine.group_rows[gr] + ([m - 1] if m > engine.n_data and gr in groups_of[m - 1] else [])
         if sum(c0[j] - L[j] * lden for j in rows) != 0:
             raise CertificateError(f"level balance fails on group {gr}")
-        if sum(c1[j] for j in rows) != (-lden if phi[a, gr] else 0):
+        if sum(c1[j] for j in rows) != (-lden if gr in in_target else 0):
             raise CertificateError(f"tie-break balance fails on group {gr}")
     for j in range(m):
         lo, hi = engine.level_bounds(j, theta[j], den)
