@@ -445,19 +445,23 @@ class DualSimplex:
         lev = lev[:, sup]
         e0, e1 = -lev / ns, (tops[sup] - lev) / ns  # feasible t: 0 <= L_b + t n_b <= T_b
         lo, hi = np.minimum(e0, e1).max(axis=1), np.maximum(e0, e1).min(axis=1)
-        ok = lo < hi
-        rows = np.arange(self.n_data)
+        ok = np.flatnonzero(lo < hi)  # targets with a feasible segment (the others keep lo >= hi)
+        start = (lev + off[sup])[ok, :, None]
+        slope = ns[None, :, None]
+        first3, last3 = first[sup][None, :, None], last[sup][None, :, None]
+        rows = np.arange(ok.size)
+        t_lo, t_hi = lo[ok], hi[ok]
         for _ in range(3):
-            t = lo[:, None] + (hi - lo)[:, None] * _GRID
-            q = (lev + off[sup])[:, :, None] + ns[None, :, None] * t[:, None, :]
+            t = t_lo[:, None] + (t_hi - t_lo)[:, None] * _GRID
+            q = start + slope * t[:, None, :]
             q[:, neg] = q[:, neg, ::-1]  # every row ascending: searchsorted is faster on sorted keys
             idx = flat.searchsorted(q, side="left")
             idx[:, neg] = idx[:, neg, ::-1]
-            idx = np.minimum(np.maximum(idx, first[sup][None, :, None]), last[sup][None, :, None])
-            y = np.einsum("s,tsg->tg", ns, flat_v[idx])
-            i = (y < 0).sum(axis=1)  # y is non-decreasing along each row
-            lo = np.where(ok, t[rows, np.maximum(i - 1, 0)], lo)
-            hi = np.where(ok, t[rows, np.minimum(i, _GRID.size - 1)], hi)
+            idx = np.minimum(np.maximum(idx, first3, out=idx), last3, out=idx)
+            i = (np.einsum("s,tsg->tg", ns, flat_v[idx]) < 0).sum(axis=1)  # y is non-decreasing along each row
+            t_lo = t[rows, np.maximum(i - 1, 0)]
+            t_hi = t[rows, np.minimum(i, _GRID.size - 1)]
+        lo[ok], hi[ok] = t_lo, t_hi
         return n, list(zip(lo.tolist(), hi.tolist())), base_f, flat, off, first, last
 
     def _line_search(self, moving, g, kpos, theta_f, rate0, m):

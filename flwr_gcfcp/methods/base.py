@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from fractions import Fraction
@@ -40,6 +41,12 @@ def _repeat_weights(weights: Sequence[int], counts: Sequence[int]) -> np.ndarray
 
 def _client_integer_weights(ns: Sequence[int], pi: Sequence[object] | None) -> tuple[list[int], int]:
     """Exact integer λ_k on a common scale, and the test weight Σ_k λ_k on that scale."""
+    if pi is None and ns and all(type(n) is int and n >= 0 for n in ns):
+        # uniform π: λ_k = 1/(K (n_k + 1)), so the least common scale is lcm_k K (n_k + 1) (no fractions needed)
+        dens = [len(ns) * (n + 1) for n in ns]
+        scale = math.lcm(*dens)
+        ints = [scale // d for d in dens]
+        return ints, sum(ints)
     lams = client_lambdas(list(ns), _pi_fractions(pi, len(ns)))
     _, ints = integer_weights(lams)
     return ints, sum(ints)
