@@ -384,34 +384,51 @@ class DualSimplex:
         """A basis near the optimum for target a when the patterns have one relation (rank m - 1), or None.
 
         The levels then lie on a line c = L + t·n (n the relation: Σ n_b Φ_b = 0), and the optimal t is where the
-        fitted values' relation Σ n_b θ_b(c_b) changes sign, θ_b(c) being the score at level c (non-decreasing in
-        t). :meth:`_relation_brackets` brackets that t in floats for every target at once; the atom whose score
-        changes across the bracket (its level sits on a breakpoint at the optimum) is made the non-basic one (one
-        exact row exchange) and the others start at their scores. This only places the start: the exact pivots
-        and the certificate decide the result. Returns the new (basis, score indices, A, D, h).
+        fitted values' relation y(t) = Σ n_b θ_b(c_b) changes sign, θ_b(c) being the score at level c (y is
+        non-decreasing in t). :meth:`_relation_brackets` brackets that t in floats for every target at once. The
+        atoms whose score changes across the bracket sit on a breakpoint at the optimum; several do when levels tie
+        (equal weights). Moving them one at a time from their score before the bracket to the one after, the atom
+        at which y crosses zero is made the non-basic one (one exact row exchange), those moved before it start at
+        their score after the bracket, the rest before it. This only places the start: the exact pivots and the
+        certificate decide the result. Returns the new (basis, score indices, A, D, h).
         """
         if self._line is None:
             self._line = self._relation_brackets(basis, det, h)
         if self._line is False:
             return None
-        n, brackets, base_f, flat, off, first, last = self._line
+        n, brackets, base_f, flat, flat_v, off, first, last = self._line
         lo, hi = brackets[a]
         base = base_f.copy()
         base[a] += (self.q - self.p) * float(self.tw)
+        side: dict[int, int] = {}  # score index of an atom on the relation: at the bracket's lower or upper end
         if lo < hi:
             sup = np.flatnonzero(n)
             at = flat.searchsorted((base[sup] + off[sup])[:, None] + n[sup, None] * np.array([lo, hi]), side="left")
             at = np.minimum(np.maximum(at, first[sup, None]), last[sup, None])
-            kink = sup[at[:, 0] != at[:, 1]]
-            in_basis = set(basis)
-            j = next(b for b in range(self.n_data) if b not in in_basis)
-            if kink.size and j not in kink:
-                i = basis.index(int(kink[0]))
-                adj, det, h = _replace_row(adj, det, h, h[j], i)
-                basis = basis[:i] + [j] + basis[i + 1 :]
+            moved = np.flatnonzero(at[:, 0] != at[:, 1]).tolist()
+            if moved:
+                score = flat_v[at]
+                y = float(n[sup] @ score[:, 0])
+                jumps = (n[sup] * (score[:, 1] - score[:, 0])).tolist()
+                cross = moved[-1]
+                for i in moved:
+                    if y + jumps[i] >= 0:
+                        cross = i
+                        break
+                    y += jumps[i]
+                up = at[:, 1] - first[sup]
+                down = at[:, 0] - first[sup]
+                side = {int(b): int(down[i] if i in moved and i > cross else up[i]) for i, b in enumerate(sup.tolist())}
+                leaving = int(sup[cross])
+                j = next(b for b in range(self.n_data) if b not in set(basis))
+                if leaving != j:
+                    i = basis.index(leaving)
+                    adj, det, h = _replace_row(adj, det, h, h[j], i)
+                    basis = basis[:i] + [j] + basis[i + 1 :]
         bb = np.asarray(basis)
         k = flat.searchsorted(base[bb] + off[bb] + 0.5 * (lo + hi) * n[bb], side="right")
         kidx = (np.minimum(np.maximum(k, first[bb]), last[bb]) - first[bb]).tolist()
+        kidx = [side.get(b, k_b) for b, k_b in zip(basis, kidx)]
         return basis, kidx, adj, det, h
 
     def _relation_brackets(self, basis: list, det: int, h: list) -> tuple | bool:
@@ -462,7 +479,7 @@ class DualSimplex:
             t_lo = t[rows, np.maximum(i - 1, 0)]
             t_hi = t[rows, np.minimum(i, _GRID.size - 1)]
         lo[ok], hi[ok] = t_lo, t_hi
-        return n, list(zip(lo.tolist(), hi.tolist())), base_f, flat, off, first, last
+        return n, list(zip(lo.tolist(), hi.tolist())), base_f, flat, flat_v, off, first, last
 
     def _line_search(self, moving, g, kpos, theta_f, rate0, m):
         """First breakpoint along the edge where the (scaled) rate turns >= 0 lexicographically.
