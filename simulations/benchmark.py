@@ -5,7 +5,7 @@ Usage::
     python -m simulations.benchmark [--json PATH] [--data-dir DIR] [--appd-points N] [--condconf-points N]
                                     [--seed S] [--condconf-mode auto|exact|bisection|off] [--condconf-python PY]
                                     [--families random|none] [--n-families N] [--families-check N]
-                                    [--big-n N] [--n-clients N]
+                                    [--big-n N] [--n-clients N] [--e2e-n N,N,...]
 
 Setting (GC-FCP §6.2): ResNet-56 CIFAR-10 test outputs (``<data-dir>/logits/cifar10_resnet56_test_logits.npz``;
 a seeded synthetic stand-in of the same shape when the file is absent — the output says which), a random split
@@ -51,8 +51,13 @@ Issue 10 figures (each a top-level JSON key; details under ``minimal_reference``
 * ``condcp_1e6_fit_ms`` — CondCP on ``--big-n`` points resampled from the CIFAR-10 outputs (paper's groups);
   ``server_1000_clients_merge_fit_ms`` — GC-FCP server merge + fit of ``--n-clients`` clients' δ = 250 digests of
   those points.
-* ``gcfcp_over_condcp_end_to_end`` — (clients' digests + merge + fit) of GC-FCP δ = 250 over (summaries + fit) of
-  CondCP on the same split, best of interleaved repeats.
+* ``gcfcp_over_condcp_end_to_end`` — (every client's digests + the server's merge and fit) of GC-FCP δ = 250 over
+  (every client's summary + the fit) of CondCP on the same split: all the work, each piece best of interleaved
+  repeats; ``gcfcp_over_condcp_critical_path`` — the same with only the slowest client (clients run in parallel);
+  ``end_to_end_scaling`` — both at the ``--e2e-n`` calibration sizes (the CIFAR-10 outputs resampled, the same five
+  clients by true class). At n = 5000 the fit is mostly work that does not grow with n (the exact solves per
+  atom), which both pay; compression pays once sorting and scanning the raw points cost more than the clients'
+  digests and the merge (see the scaling rows).
 
 Speedups use the exact engine's cost per test point = (calibrate + predict all n_test points) / n_test:
 centralized GC-FCP for App. D, CondCP for ``conditionalconformal``. ``conditionalconformal`` and ``fastdigest``
@@ -382,6 +387,39 @@ def minimal_chain_thresholds(values: np.ndarray, weights: np.ndarray, atom_index
     return out
 
 
+# ------------------------------------------------------------------------------------------------ end to end
+def end_to_end_benchmark(scores: np.ndarray, pred: np.ndarray, n_k: Sequence[int], repeats: int) -> dict:
+    """GC-FCP δ = 250 against CondCP from the clients' summaries to the server's thresholds (all atoms).
+
+    ``scores``/``pred`` hold the clients' calibration points back to back (``n_k`` each). Every client's
+    ``summarize`` and each server ``fit`` are timed on their own, interleaved, best of ``repeats``: the total is
+    every client plus the server (all the work, as one machine would do it), the critical path the slowest client
+    plus the server (the clients of a federation work at the same time).
+    """
+    from flwr_gcfcp.core.groups import parse_groups
+    from flwr_gcfcp.methods import GCFCP, CondCP
+
+    groups = parse_groups(GROUPS, n_labels=N_LABELS)
+    cals = {"gcfcp": GCFCP(groups, ALPHA, DELTA), "condcp": CondCP(groups, ALPHA)}
+    K = len(n_k)
+    fns, summaries = [], {}
+    for name, c in cals.items():
+        summaries[name] = [c.summarize(scores[sl], pred[sl], pi_k=1.0 / K, n_clients=K) for sl in _slices(n_k)]
+        fns += [lambda c=c, sl=sl: c.summarize(scores[sl], pred[sl], pi_k=1.0 / K, n_clients=K) for sl in _slices(n_k)]
+        fns.append(lambda c=c, s=summaries[name]: c.fit(s))
+    best, _ = _interleaved_min(fns, repeats)
+    out: dict = {"n_per_client": [int(n) for n in n_k]}
+    for i, name in enumerate(cals):
+        part = [t * 1e3 for t in best[i * (K + 1) : (i + 1) * (K + 1)]]
+        clients, server = part[:K], part[K]
+        out.update({f"{name}_clients_ms": clients, f"{name}_server_ms": server, f"{name}_total_ms": sum(clients) + server,
+                    f"{name}_critical_path_ms": max(clients) + server})
+    out["total_ratio"] = out["gcfcp_total_ms"] / out["condcp_total_ms"]
+    out["critical_path_ratio"] = out["gcfcp_critical_path_ms"] / out["condcp_critical_path_ms"]
+    out["gcfcp_coreset"] = int(cals["gcfcp"].coreset_size)
+    return out
+
+
 # ------------------------------------------------------------------------------------ random families and scale
 def direction_relations(patterns: np.ndarray) -> int:
     """Relations between the direction classes of the left null space's rows (the old exact path took <= 1)."""
@@ -530,6 +568,7 @@ def run_benchmark(
     families_check: int = 3,
     big_n: int = 1_000_000,
     n_clients: int = 1000,
+    e2e_ns: Sequence[int] = (20_000, 100_000, 500_000),
 ) -> dict:
     from flwr_gcfcp.methods import CentralizedGCFCP, CondCP, GCFCP
     from flwr_gcfcp.core.groups import parse_groups, pattern_keys
@@ -608,14 +647,23 @@ def run_benchmark(
                          "disagreements_beyond_1e-12": sum(not _close(ref[i], float(thr[i])) for i in range(len(atom_pats)))}
         log(f"  {name}: exact engine {t_engine * 1e3:.2f} ms vs minimal sort-and-search {t_ref * 1e3:.2f} ms "
             f"(x{t_engine / t_ref:.2f}; {minimal[name]['disagreements_beyond_1e-12']} thresholds differ beyond 1e-12)")
-    def end_to_end(c: Any) -> Callable[[], Any]:
-        return lambda: c.fit([c.summarize(cal_scores[sl], cal_pred[sl], pi_k=1.0 / K, n_clients=K) for sl in _slices(n_k)])
-
-    names = (f"gcfcp_delta{DELTA:g}", "condcp")
-    best, _ = _interleaved_min([end_to_end(cals[name]) for name in names], 3 * repeats)
-    e2e = {name: t * 1e3 for name, t in zip(names, best)}
-    log(f"  end to end (clients' summaries + server fit): GC-FCP delta={DELTA:g} {e2e[f'gcfcp_delta{DELTA:g}']:.2f} ms, "
-        f"CondCP {e2e['condcp']:.2f} ms")
+    e2e = end_to_end_benchmark(cal_scores, cal_pred, n_k, 3 * repeats)
+    log(f"  end to end (clients' summaries + server fit), GC-FCP delta={DELTA:g} / CondCP: total "
+        f"{e2e['gcfcp_total_ms']:.2f} / {e2e['condcp_total_ms']:.2f} ms (x{e2e['total_ratio']:.2f}); critical path "
+        f"(slowest client + server) {e2e['gcfcp_critical_path_ms']:.2f} / {e2e['condcp_critical_path_ms']:.2f} ms "
+        f"(x{e2e['critical_path_ratio']:.2f})")
+    scaling = []
+    for n_big in e2e_ns:
+        rng_e = np.random.default_rng([seed, 5, n_big])
+        pick = rng_e.integers(0, n_all, n_big)  # the CIFAR-10 outputs resampled, clients by true class as above
+        order = np.concatenate([pick[np.isin(labels[pick], cls)] for cls in CLIENT_CLASSES])
+        sizes = [int(np.isin(labels[pick], cls).sum()) for cls in CLIENT_CLASSES]
+        sizes = [n for n in sizes if n]
+        row = end_to_end_benchmark(smat[order, labels[order]], pred[order], sizes, max(2, repeats // 2))
+        scaling.append({"n": n_big, **row})
+        log(f"  end to end at n={n_big}: total x{row['total_ratio']:.2f} ({row['gcfcp_total_ms']:.1f} / "
+            f"{row['condcp_total_ms']:.1f} ms), critical path x{row['critical_path_ratio']:.2f}; coreset "
+            f"{row['gcfcp_coreset']} centroids")
 
     # ---------------- the paper's App. D bisection, per distinct test point
     sub_rng = np.random.default_rng([seed, 2])
@@ -758,9 +806,12 @@ def run_benchmark(
         "random_families_appd_disagreements": fam["appd_disagreements"] if fam else None,
         "condcp_1e6_fit_ms": _round(scale["condcp_fit_ms"]) if scale else None,
         "server_1000_clients_merge_fit_ms": _round(scale.get("server_merge_fit_ms")) if scale else None,
-        "gcfcp_end_to_end_ms": _round(e2e[f"gcfcp_delta{DELTA:g}"]),
-        "condcp_end_to_end_ms": _round(e2e["condcp"]),
-        "gcfcp_over_condcp_end_to_end": _round(e2e[f"gcfcp_delta{DELTA:g}"] / e2e["condcp"], 4),
+        "gcfcp_end_to_end_ms": _round(e2e["gcfcp_total_ms"]),
+        "condcp_end_to_end_ms": _round(e2e["condcp_total_ms"]),
+        "gcfcp_over_condcp_end_to_end": _round(e2e["total_ratio"], 4),
+        "gcfcp_over_condcp_critical_path": _round(e2e["critical_path_ratio"], 4),
+        "end_to_end": e2e,
+        "end_to_end_scaling": scaling,
         # ---- extras
         "minimal_reference": minimal,
         "random_families": fam,
@@ -834,12 +885,18 @@ def summary_line(r: dict) -> str:
         f"random families CondCP {r['random_families_condcp_fit_ms_median']:.1f}/{r['random_families_condcp_fit_ms_max']:.1f} "
         f"ms, GC-FCP {r['random_families_gcfcp_fit_ms_median']:.1f}/{r['random_families_gcfcp_fit_ms_max']:.1f} ms "
         f"(median/max; App.D dis. {r['random_families_appd_disagreements']})")
-    return (f"calibrate {f(r['calibrate_ms'], '.2f')} ms (x{f(r.get('engine_over_minimal_reference'), '.2f')} minimal) | "
+    rows = r.get("end_to_end_scaling") or []
+    scaling = "; n=" + ", ".join(f"{row['n']:.0e}".replace("e+0", "e") + f" {row['total_ratio']:.2f}/{row['critical_path_ratio']:.2f}"
+                                 for row in rows) if rows else ""
+    return (f"calibrate {f(r['calibrate_ms'], '.2f')} ms (x{f(r.get('engine_over_minimal_reference'), '.2f')} minimal"
+            f", CondCP x{f(r.get('engine_over_minimal_reference_condcp'), '.2f')}) | "
             f"predict {f(r['predict_us_per_point'], '.3f')} us/pt | "
             f"{appd} | {cc} | disagreements {f(r['disagreements_vs_appd'], 'd')}/"
             f"{f(r['disagreements_vs_condconf'], 'd')} | {fam} | CondCP 1e6 {f(r.get('condcp_1e6_fit_ms'), '.0f')} ms | "
             f"1000 clients {f(r.get('server_1000_clients_merge_fit_ms'), '.0f')} ms | GC-FCP/CondCP e2e "
-            f"{f(r.get('gcfcp_over_condcp_end_to_end'), '.2f')} | digest 1e6 {f(r['digest_build_ms_1e6'], '.0f')} ms "
+            f"{f(r.get('gcfcp_over_condcp_end_to_end'), '.2f')} (critical path "
+            f"{f(r.get('gcfcp_over_condcp_critical_path'), '.2f')}){scaling} | digest 1e6 "
+            f"{f(r['digest_build_ms_1e6'], '.0f')} ms "
             f"(fastdigest {f(r['fastdigest_build_ms_1e6'], '.0f')} ms)").replace("n/a ms", "n/a")
 
 
@@ -868,7 +925,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--families-check", type=int, default=3, help="families whose every threshold App. D checks")
     ap.add_argument("--big-n", type=int, default=1_000_000, help="points for the CondCP scale run (0 = skip)")
     ap.add_argument("--n-clients", type=int, default=1000, help="clients' digests merged at the server (0 = skip)")
+    ap.add_argument("--e2e-n", default="20000,100000,500000",
+                    help="comma-separated calibration sizes for the end-to-end comparison beyond the split ('' = none)")
     args = ap.parse_args(argv)
+    try:
+        e2e_ns = [int(x) for x in args.e2e_n.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--e2e-n must be comma-separated integers, got {args.e2e_n!r}")
+    if any(n < 10 for n in e2e_ns):
+        ap.error(f"--e2e-n sizes must be >= 10, got {args.e2e_n!r}")
     for name in ("appd_points", "n_cal", "n_test", "repeats", "digest_n"):
         v = getattr(args, name)
         if v < (0 if name == "appd_points" else 1):
@@ -880,6 +945,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_cal=args.n_cal, n_test=args.n_test, repeats=args.repeats, digest_n=args.digest_n,
         condconf_mode=args.condconf_mode, condconf_python=args.condconf_python, families=args.families,
         n_families=args.n_families, families_check=args.families_check, big_n=args.big_n, n_clients=args.n_clients,
+        e2e_ns=e2e_ns,
     )
     result["command"] = command
     print(f"machine: {result['machine']}")

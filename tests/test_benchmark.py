@@ -20,7 +20,7 @@ def test_tiny_run_writes_required_keys_and_agrees(tmp_path, capsys):
         "--json", str(out), "--data-dir", str(tmp_path / "no-data"), "--n-cal", "600", "--n-test", "600",
         "--appd-points", "3", "--condconf-points", "2", "--repeats", "2", "--digest-n", "5000", "--seed", "3",
         "--condconf-mode", "auto" if HAVE_CONDCONF else "off", "--n-families", "2", "--families-check", "1",
-        "--big-n", "4000", "--n-clients", "4",
+        "--big-n", "4000", "--n-clients", "4", "--e2e-n", "3000",
     ]
     assert benchmark.main(argv) == 0
     res = json.loads(out.read_text())
@@ -37,6 +37,12 @@ def test_tiny_run_writes_required_keys_and_agrees(tmp_path, capsys):
     assert res["minimal_reference"]["condcp"]["disagreements_beyond_1e-12"] == 0
     assert res["scale"]["minimal_reference_disagreements"] == 0 and res["scale"]["n_clients"] == 4
     assert res["engine_over_minimal_reference"] > 0 and res["gcfcp_over_condcp_end_to_end"] > 0
+    e2e = res["end_to_end"]
+    assert e2e["gcfcp_total_ms"] == pytest.approx(sum(e2e["gcfcp_clients_ms"]) + e2e["gcfcp_server_ms"])
+    assert e2e["condcp_critical_path_ms"] == pytest.approx(max(e2e["condcp_clients_ms"]) + e2e["condcp_server_ms"])
+    assert res["gcfcp_over_condcp_critical_path"] == pytest.approx(e2e["critical_path_ratio"], rel=1e-3)
+    assert [row["n"] for row in res["end_to_end_scaling"]] == [3000]
+    assert sum(res["end_to_end_scaling"][0]["n_per_client"]) == 3000
     assert res["appd"]["max_abs_threshold_diff_1e-10"] < 1e-8
     # digests were built on 5000 values, not 1e6: the 1e6 keys are null, the measured ones are extras
     assert res["digest_build_ms_1e6"] is None and res["fastdigest_build_ms_1e6"] is None
@@ -55,7 +61,7 @@ def test_tiny_run_writes_required_keys_and_agrees(tmp_path, capsys):
 def test_skipping_references_gives_nulls(tmp_path):
     res = benchmark.run_benchmark(
         data_dir=tmp_path, appd_points=0, condconf_mode="off", n_cal=300, n_test=300, repeats=1, digest_n=2000,
-        log=lambda _msg: None, families="none", big_n=0,
+        log=lambda _msg: None, families="none", big_n=0, e2e_ns=(),
     )
     for key in ("appd_ms_per_point", "speedup_vs_appd", "disagreements_vs_appd", "condconf_ms_per_point",
                 "speedup_vs_condconf", "disagreements_vs_condconf", "random_families_condcp_fit_ms_median",

@@ -324,3 +324,16 @@ def test_aggregate_counts_rejects_bad_mixture_weights():
         aggregate_counts(counts, {"a": 1.0})
     with pytest.raises(ValueError, match="finite"):
         aggregate_counts(counts, {"a": 1.0, "b": float("nan")})
+
+
+def test_uniform_client_weights_equal_the_exact_fractions():
+    """Uniform π: integer λ_k from lcm_k K (n_k + 1) equal the Fraction route (client_lambdas, integer_weights)."""
+    from flwr_gcfcp.core.quantiles import client_lambdas, integer_weights
+    from flwr_gcfcp.methods.base import _client_integer_weights
+
+    rng = np.random.default_rng(21)
+    cases = [[0], [0, 0, 3], [1000, 999, 1001], [2**40, 7]] + [rng.integers(0, 5000, rng.integers(1, 40)).tolist() for _ in range(200)]
+    for ns in cases:
+        _, want = integer_weights(client_lambdas(ns))
+        assert _client_integer_weights(ns, None) == (want, sum(want)), ns
+        assert _client_integer_weights(ns, [1] * len(ns)) == (want, sum(want)), ns
