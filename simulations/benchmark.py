@@ -48,14 +48,15 @@ Issue 10 figures (each a top-level JSON key; details under ``minimal_reference``
   overlapping label-set families of 3-8 groups, fit of all atoms (CondCP, and centralized GC-FCP with the clients'
   λ_k weights), best of ``--repeats`` per family; ``random_families_appd_disagreements`` over every threshold of the first ``--families-check``
   families against the App. D dual LP (HiGHS) at S* ± 1e-6.
-* ``condcp_1e6_fit_ms`` — CondCP on ``--big-n`` points resampled from the CIFAR-10 outputs (paper's groups);
+* ``condcp_1e6_fit_ms`` — CondCP on ``--big-n`` points resampled from the CIFAR-10 outputs (jittered by 1e-9 so
+  that scores stay distinct; paper's groups);
   ``server_1000_clients_merge_fit_ms`` — GC-FCP server merge + fit of ``--n-clients`` clients' δ = 250 digests of
   those points.
 * ``gcfcp_over_condcp_end_to_end`` — (every client's digests + the server's merge and fit) of GC-FCP δ = 250 over
   (every client's summary + the fit) of CondCP on the same split: all the work, each piece best of interleaved
   repeats; ``gcfcp_over_condcp_critical_path`` — the same with only the slowest client (clients run in parallel);
-  ``end_to_end_scaling`` — both at the ``--e2e-n`` calibration sizes (the CIFAR-10 outputs resampled, the same five
-  clients by true class). At n = 5000 the fit is mostly work that does not grow with n (the exact solves per
+  ``end_to_end_scaling`` — both at the ``--e2e-n`` calibration sizes (the CIFAR-10 outputs resampled with a 1e-9
+  jitter so that scores stay distinct, the same five clients by true class). At n = 5000 the fit is mostly work that does not grow with n (the exact solves per
   atom), which both pay; compression pays once sorting and scanning the raw points cost more than the clients'
   digests and the merge (see the scaling rows).
 
@@ -106,6 +107,9 @@ ALPHA = 0.1
 DELTA = 250.0
 APPD_TIMING_TOL = 1e-3
 APPD_AGREEMENT_TOL = 1e-10
+#: Resampled scores get U(0, this) added: without it n >> 10,000 draws of 10,000 outputs repeat every score ~n/1e4
+#: times, and both the solver (ties summed) and the digests would see far fewer distinct values than real data.
+RESAMPLE_JITTER = 1e-9
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -506,7 +510,8 @@ def families_benchmark(cal_scores, cal_pred, n_k, n_families: int, seed: int, re
 
 def scale_benchmark(probs: np.ndarray, labels: np.ndarray, n_big: int, n_clients: int, seed: int, repeats: int,
                     log: Callable[[str], None] = print) -> dict:
-    """CondCP at n = ``n_big`` (the CIFAR-10 outputs resampled with replacement) against the minimal reference, and
+    """CondCP at n = ``n_big`` (the CIFAR-10 outputs resampled with replacement, scores jittered by
+    U(0, ``RESAMPLE_JITTER``) so that they are distinct, as n real scores would be) against the minimal reference, and
     a server merging ``n_clients`` clients' δ = 250 digests of those points and fitting GC-FCP."""
     from flwr_gcfcp.core.groups import keys_to_patterns, parse_groups
     from flwr_gcfcp.methods import GCFCP, CondCP
@@ -515,7 +520,7 @@ def scale_benchmark(probs: np.ndarray, labels: np.ndarray, n_big: int, n_clients
     pick = rng.integers(0, probs.shape[0], n_big)
     lab = labels[pick]
     pred = np.argmax(probs[pick], axis=1).astype(np.int64)
-    scores = 1.0 - probs[pick, lab].astype(np.float64)
+    scores = 1.0 - probs[pick, lab].astype(np.float64) + rng.uniform(0.0, RESAMPLE_JITTER, n_big)
     groups = parse_groups(GROUPS, n_labels=N_LABELS)
     cond = CondCP(groups, ALPHA)
     summary = [cond.summarize(scores, pred)]
@@ -659,7 +664,8 @@ def run_benchmark(
         order = np.concatenate([pick[np.isin(labels[pick], cls)] for cls in CLIENT_CLASSES])
         sizes = [int(np.isin(labels[pick], cls).sum()) for cls in CLIENT_CLASSES]
         sizes = [n for n in sizes if n]
-        row = end_to_end_benchmark(smat[order, labels[order]], pred[order], sizes, max(2, repeats // 2))
+        jittered = smat[order, labels[order]] + rng_e.uniform(0.0, RESAMPLE_JITTER, order.size)
+        row = end_to_end_benchmark(jittered, pred[order], sizes, max(2, repeats // 2))
         scaling.append({"n": n_big, **row})
         log(f"  end to end at n={n_big}: total x{row['total_ratio']:.2f} ({row['gcfcp_total_ms']:.1f} / "
             f"{row['condcp_total_ms']:.1f} ms), critical path x{row['critical_path_ratio']:.2f}; coreset "
@@ -886,8 +892,8 @@ def summary_line(r: dict) -> str:
         f"ms, GC-FCP {r['random_families_gcfcp_fit_ms_median']:.1f}/{r['random_families_gcfcp_fit_ms_max']:.1f} ms "
         f"(median/max; App.D dis. {r['random_families_appd_disagreements']})")
     rows = r.get("end_to_end_scaling") or []
-    scaling = "; n=" + ", ".join(f"{row['n']:.0e}".replace("e+0", "e") + f" {row['total_ratio']:.2f}/{row['critical_path_ratio']:.2f}"
-                                 for row in rows) if rows else ""
+    scaling = ("; total/critical at n=" + ", ".join(
+        f"{row['n']:g}: {row['total_ratio']:.2f}/{row['critical_path_ratio']:.2f}" for row in rows)) if rows else ""
     return (f"calibrate {f(r['calibrate_ms'], '.2f')} ms (x{f(r.get('engine_over_minimal_reference'), '.2f')} minimal"
             f", CondCP x{f(r.get('engine_over_minimal_reference_condcp'), '.2f')}) | "
             f"predict {f(r['predict_us_per_point'], '.3f')} us/pt | "

@@ -294,6 +294,55 @@ def test_tampered_certificate_is_rejected():
         check_certificate(cert, solver._engine, target)
 
 
+def test_malformed_certificates_are_rejected():
+    """Every number in a certificate must be an exact int in range: a float denominator would let a value one ulp
+    below S* pass (floats compare approximately), numpy scalars or bools are not accepted either."""
+    import copy
+    from fractions import Fraction
+
+    rng = np.random.default_rng(17)
+    patterns = random_family(rng, 6, 4)
+    idx = rng.integers(0, 6, 60)
+    solver = AtomSolver(rng.random(60), np.ones(60, dtype=np.int64), idx, patterns, 0.1, 1)
+    target = patterns[idx[0]]
+    solver.threshold(target)
+    good = solver.certificates[target.tobytes()]
+    engine = solver._engine
+    check_certificate(good, engine, target)
+    scale = 2**12
+
+    def scaled_float_den(c):  # β scaled up, a float denominator and a value one unit lower: equal in floats
+        c.beta = {g: v * scale for g, v in c.beta.items()}
+        c.den = float(c.den * scale)
+        c.value = Fraction(c.value.numerator * scale - 1, c.value.denominator * scale)
+
+    g0 = next(iter(good.beta))
+    edits = [
+        scaled_float_den,
+        lambda c: setattr(c, "den", np.int64(c.den)),
+        lambda c: setattr(c, "level_den", float(c.level_den)),
+        lambda c: c.levels0.__setitem__(0, float(c.levels0[0])),
+        lambda c: c.levels1.__setitem__(0, np.int64(c.levels1[0])),
+        lambda c: c.beta.__setitem__(g0, float(c.beta[g0])),
+        lambda c: c.beta.__setitem__(patterns.shape[1], 0),
+        lambda c: c.beta.__setitem__(-1, 0),
+        lambda c: c.beta.__setitem__(np.int64(g0), c.beta.pop(g0)),
+        lambda c: setattr(c, "target", -1),
+        lambda c: setattr(c, "target", len(patterns) + 3),
+        lambda c: setattr(c, "target", np.int64(c.target)),
+        lambda c: setattr(c, "value", float(c.value)),
+    ]
+    for edit in edits:
+        cert = copy.deepcopy(good)
+        edit(cert)
+        with pytest.raises(CertificateError):
+            check_certificate(cert, engine, target)
+    with pytest.raises(CertificateError, match="shape"):
+        check_certificate(good, engine, target[:-1])
+    with pytest.raises(CertificateError, match="shape"):
+        check_certificate(good, engine, target[None, :])
+
+
 def test_lowest_index_pivoting_gives_the_same_thresholds(monkeypatch):
     """Bland's rule (used against cycling after many pivots) from the first pivot: same certified thresholds."""
     from flwr_gcfcp.core import simplex

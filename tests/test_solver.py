@@ -238,3 +238,28 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         AtomSolver(**args)
+
+
+def test_many_atoms_are_grouped_like_a_lexicographic_sort():
+    """AtomSolver groups points by atom with a radix sort of 8- or 16-bit atom indices (5 and 300 atoms here):
+    each atom's distinct scores and summed weights equal an independent lexsort-and-sum."""
+    rng = np.random.default_rng(31)
+    for m in (5, 300):
+        n = max(2 * m, 2000)
+        idx = rng.integers(0, m, n)
+        scores = np.round(rng.random(n), 3)  # ties within atoms
+        weights = rng.integers(1, 5, n)
+        patterns = np.zeros((m, 17), dtype=bool)
+        for a in range(m):  # distinct non-empty patterns
+            patterns[a, [int(b) for b in np.flatnonzero([(a + 1) >> k & 1 for k in range(17)])]] = True
+        engine = AtomSolver(scores, weights, idx, patterns, 0.1, 1)._engine
+        order = np.lexsort((scores, idx))
+        data_atoms = np.unique(idx)
+        assert len(engine.values) == data_atoms.size
+        for b, a in enumerate(data_atoms.tolist()):
+            sel = order[idx[order] == a]
+            vals, first = np.unique(scores[sel], return_index=True)
+            sums = np.add.reduceat(weights[sel], first)
+            assert np.array_equal(engine.values[b], vals)
+            assert np.array_equal(np.diff(np.asarray(engine.levels[b], dtype=np.int64)), sums * 10)  # q = 10
+            assert np.array_equal(engine.patterns[b], patterns[a])

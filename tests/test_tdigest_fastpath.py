@@ -32,6 +32,11 @@ def _cluster_ends_plain(cumf: np.ndarray, total: float, delta: float) -> np.ndar
     return np.asarray(ends, dtype=np.int64)
 
 
+def _unit_starts_plain(n: int, delta: float) -> np.ndarray:
+    ends = _cluster_ends_plain(np.arange(1.0, n + 1.0), float(n), delta)
+    return np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+
+
 def test_cluster_ends_match_the_plain_loop(monkeypatch):
     rng = np.random.default_rng(0)
     cases = []
@@ -45,6 +50,7 @@ def test_cluster_ends_match_the_plain_loop(monkeypatch):
         d = build_digest(x, w, delta)
         fast.append((d, merge_digests([d, build_digest(x[::-1] * 0.5, None, delta)], delta)))
     monkeypatch.setattr(tdigest, "_cluster_ends", _cluster_ends_plain)
+    monkeypatch.setattr(tdigest, "_unit_starts", _unit_starts_plain)
     for (x, w, delta), (d_fast, m_fast) in zip(cases, fast):
         d = build_digest(x, w, delta)
         m = merge_digests([d, build_digest(x[::-1] * 0.5, None, delta)], delta)
@@ -60,9 +66,7 @@ def test_unit_weight_clusters_match_the_plain_loop():
     deltas += rng.uniform(2.0, 5000.0, 6).tolist()
     for delta in deltas:
         for n in list(range(1, 120)) + rng.integers(120, 40000, 12).tolist():
-            ends = _cluster_ends_plain(np.arange(1.0, n + 1.0), float(n), delta)
-            starts = np.concatenate([[0], ends[:-1] + 1])
-            assert np.array_equal(tdigest._unit_starts(n, delta), starts), (n, delta)
+            assert np.array_equal(tdigest._unit_starts(n, delta), _unit_starts_plain(n, delta)), (n, delta)
 
 
 @pytest.mark.parametrize("big", [False, True])

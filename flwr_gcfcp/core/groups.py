@@ -149,7 +149,8 @@ class GroupSpec:
     def all_patterns(self) -> np.ndarray | None:
         """Every membership pattern a valid point can have, or None when they cannot be enumerated.
 
-        Computed once per family (read-only array; a fit asks for it every time).
+        Computed once per family by :meth:`_enumerate_patterns` (which subclasses override) and returned as a
+        shared read-only array (a fit asks for it every time).
 
         Returns
         -------
@@ -164,6 +165,7 @@ class GroupSpec:
         return self._all_patterns
 
     def _enumerate_patterns(self) -> np.ndarray | None:
+        """Every reachable pattern (distinct, non-empty), or None; called once by :meth:`all_patterns`."""
         return None
 
     def to_text(self) -> str:
@@ -322,8 +324,8 @@ class LabelSetGroups(_ExtraGroups):
         return self._require_covered(self._table[pred], pred)
 
     def atom_keys(self, features: object) -> np.ndarray:
-        if self.n_groups > MAX_KEY_GROUPS:
-            return super().atom_keys(features)  # raises pattern_keys' error
+        if self.n_groups > MAX_KEY_GROUPS or type(self).membership is not LabelSetGroups.membership:
+            return super().atom_keys(features)  # pattern_keys' error, or a subclass's own membership
         if "_label_keys" not in self.__dict__:
             self._label_keys = pattern_keys(self._table)  # one key per predicted label
         pred = self._predicted(features)

@@ -418,9 +418,11 @@ class DualSimplex:
                     y += jumps[i]
                 up = at[:, 1] - first[sup]
                 down = at[:, 0] - first[sup]
-                side = {int(b): int(down[i] if i in moved and i > cross else up[i]) for i, b in enumerate(sup.tolist())}
+                after = set(i for i in moved if i > cross)
+                side = {int(b): int(down[i] if i in after else up[i]) for i, b in enumerate(sup.tolist())}
                 leaving = int(sup[cross])
-                j = next(b for b in range(self.n_data) if b not in set(basis))
+                in_basis = set(basis)
+                j = next(b for b in range(self.n_data) if b not in in_basis)
                 if leaving != j:
                     i = basis.index(leaving)
                     adj, det, h = _replace_row(adj, det, h, h[j], i)
@@ -564,21 +566,25 @@ def check_certificate(cert: Certificate, engine: DualSimplex, target: np.ndarray
     from the scores, and both equality systems over all d groups, in integers / rationals.
     """
     target = np.asarray(target, dtype=bool)
+    if target.shape != (engine.d,):
+        raise CertificateError(f"target pattern must have shape ({engine.d},), got {target.shape}")
     a = cert.target
     groups_of = list(engine.atom_groups)  # member groups of each atom, the target without data last
-    if a >= engine.n_data:
+    if type(a) is int and a >= engine.n_data:
         groups_of.append(np.flatnonzero(target).tolist())
-    if not (0 <= a < len(groups_of)) or groups_of[a] != np.flatnonzero(target).tolist():
+    if type(a) is not int or not 0 <= a < len(groups_of) or groups_of[a] != np.flatnonzero(target).tolist():
         raise CertificateError("certificate target does not match the pattern")
     m, d = len(groups_of), engine.d
-    if any(not isinstance(k, int) or not 0 <= k < d for k in cert.beta):
-        raise CertificateError(f"certificate names groups outside 0..{d - 1}: {sorted(map(repr, cert.beta))[:5]}")
+    # every number is checked as an exact Python int: floats or numpy scalars would compare approximately
+    bad = [k for k, v in cert.beta.items() if type(k) is not int or not 0 <= k < d or type(v) is not int]
+    if bad:
+        raise CertificateError(f"certificate β must map groups 0..{d - 1} to ints, got entries {bad[:5]!r}")
     qp = engine.q - engine.p
     L = list(engine.base) + ([0] if m > engine.n_data else [])
     L[a] += qp * engine.tw
     totals = [int(c[-1]) for c in engine.levels] + ([0] if m > engine.n_data else [])
     if cert.kind == "unbounded":
-        g = [sum(int(cert.beta.get(gr, 0)) for gr in groups_of[j]) for j in range(m)]
+        g = [sum(cert.beta.get(gr, 0) for gr in groups_of[j]) for j in range(m)]
         rate = sum(gj * ((totals[j] if gj > 0 else 0) - L[j]) for j, gj in enumerate(g))
         if not rate < 0:
             raise CertificateError(f"unbounded certificate has a non-negative recession rate {rate}")
@@ -586,9 +592,13 @@ def check_certificate(cert: Certificate, engine: DualSimplex, target: np.ndarray
     if cert.kind != "optimal":
         raise CertificateError(f"unknown certificate kind {cert.kind!r}")
     den, lden = cert.den, cert.level_den
-    if den <= 0 or lden <= 0 or len(cert.levels0) != m or len(cert.levels1) != m:
-        raise CertificateError("malformed optimal certificate")
-    theta = [sum(int(cert.beta.get(gr, 0)) for gr in groups_of[j]) for j in range(m)]
+    if (
+        type(den) is not int or type(lden) is not int or den <= 0 or lden <= 0
+        or len(cert.levels0) != m or len(cert.levels1) != m
+        or any(type(x) is not int for x in cert.levels0) or any(type(x) is not int for x in cert.levels1)
+    ):
+        raise CertificateError("malformed optimal certificate (den, level_den and levels must be ints, one level per atom)")
+    theta = [sum(cert.beta.get(gr, 0) for gr in groups_of[j]) for j in range(m)]
     if not isinstance(cert.value, Fraction) or cert.value.numerator * den != theta[a] * cert.value.denominator:
         raise CertificateError("certificate value differs from Φ_aᵀβ")
     c0, c1 = cert.levels0, cert.levels1

@@ -15,7 +15,8 @@ increasing, the right edge is the largest cumulative weight ``q`` with
     q <= (1 + sin(asin(2 q_L - 1) + 2π/δ)) / 2      (= 1 when the angle passes π/2),
 
 evaluated in the cancellation-free form ``q_L cos θ + sin²(θ/2) + sqrt(q_L (1 - q_L)) sin θ`` with ``θ = 2π/δ``.
-One ``np.searchsorted`` per cluster, so building is O(n log n) for the sort plus O(δ log n).
+One ``np.searchsorted`` per cluster, so building is O(n log n) for the sort plus O(δ log n); with unit weights
+the cumulative weights are 1..n and the bound gives a cluster's end directly (:func:`_unit_starts`, O(δ)).
 :func:`compress_sorted_segments` runs the same pass for many digests at once (a client's atoms, the server's merge
 of every atom), bit for bit equal to it per digest.
 
@@ -412,7 +413,8 @@ def compress_sorted_segments(
 
 def _chain_starts(cumf: np.ndarray | None, offsets: np.ndarray, delta: float) -> np.ndarray:
     """Cluster start indices of :func:`_cluster_ends` on every segment (``cumf``: float cumulative weights within
-    each segment; None for unit weights), evaluating the bound for each sample as a potential start at once."""
+    each segment; None for unit weights, as :func:`_unit_starts` per segment), evaluating the bound for each sample
+    as a potential start at once."""
     sizes = offsets[1:] - offsets[:-1]
     n_total = int(offsets[-1])
     theta = 2.0 * math.pi / delta
