@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
+from operator import mul
 
 import numpy as np
 
@@ -308,7 +309,7 @@ class DualSimplex:
             shift = max([0] + [53 - e for mt, e in mant_exp if mt])
             vint = [int(math.ldexp(mt, 53)) << (e - 53 + shift) if mt else 0 for mt, e in mant_exp]
             den = det << shift
-            numer = [sum(hv * vi for hv, vi in zip(h[j], vint)) for j in range(m)]
+            numer = [sum(map(mul, h[j], vint)) for j in range(m)]
             in_basis = {b: i for i, b in enumerate(basis)}
             kpos = [0] * m
             theta_f = [0.0] * m
@@ -349,7 +350,7 @@ class DualSimplex:
                 if worst is None or (b < basis[leave] if it >= bland_after else viol > worst):
                     leave, sigma, worst = i, sg, viol
             if leave is None:
-                beta = {G[g]: sum(adj[g][i] * vint[i] for i in range(r)) for g in range(r)}
+                beta = {G[g]: sum(map(mul, adj[g], vint)) for g in range(r)}
                 lv0 = [lv * det for lv in level0]
                 lv1 = [0] * m
                 for i, b in enumerate(basis):
