@@ -15,10 +15,11 @@ Algorithm: dual simplex in β-space. A basis is r atoms with independent pattern
 its scores; β follows exactly; every other atom's level is read off its θ (dual feasibility holds by
 construction). The basic levels follow from the equality constraint; if one leaves its box [C[k], C[k+1]], that
 atom leaves the basis and β moves along the edge that frees it, with a long-step line search over all the
-breakpoints the moving atoms cross (the objective along the edge is convex piecewise linear). The basis of one
-target atom is a dual-feasible start for the next (only the levels change), so a fit of all atoms costs a few
-pivots each; with one relation between the patterns a float search along the line of levels places each target's
-start next to its optimum (:meth:`DualSimplex._relation_start`). Floats only order the candidate breakpoints and
+breakpoints the moving atoms cross (the objective along the edge is convex piecewise linear). Any basis is a
+dual-feasible start (only the levels change between targets), so a fit of all atoms costs a few pivots each: with
+one relation between the patterns a float search along the line of levels places each target's start next to its
+optimum (:meth:`DualSimplex._relation_start`); otherwise every target starts from the optimum without the test
+point. Floats only order the candidate breakpoints and
 place starts; every quantity that decides optimality is an integer or a rational, and the final state is verified
 by :func:`check_certificate`, which is independent of how the state was found:
 
@@ -220,6 +221,7 @@ class DualSimplex:
         # last optimal basis: (atoms, score indices, adjugate A (r x r), D, h = Φ_G·A of the data atoms)
         self._warm: tuple | None = None
         self._line: tuple | bool | None = None  # built by _relation_brackets on the first call
+        self._base: tuple | bool | None = None  # optimal basis without the test point (several relations)
         self._index = {p.tobytes(): b for b, p in enumerate(self.patterns)}
         member = self.patterns.tolist()
         self.atom_groups = [[g for g, x in enumerate(row) if x] for row in member]  # groups of each data atom
@@ -239,6 +241,15 @@ class DualSimplex:
         phi = pats if extra is None else np.vstack([pats, extra[None, :]]) if self.n_data else extra[None, :]
         if extra is not None and not self._in_span(extra):
             return Certificate("unbounded", a, self._escape_direction(extra))
+        if self.n_data and self.n_data != self.rank + 1:
+            # not one relation: every target starts from the optimum without the test point (one point's weight
+            # away), which takes fewer pivots than the previous target's optimum
+            if self._base is None:
+                self._warm = None
+                self._dual_simplex(0, pats, test_level=0)
+                self._base = self._warm if self._warm is not None else False
+            if self._base:
+                self._warm = self._base
         return self._dual_simplex(a, phi)
 
     # ---------------------------------------------------------------- helpers
@@ -269,13 +280,15 @@ class DualSimplex:
         lo, hi = _count_below(self.values[b], num, den, num / den)
         return int(self.levels[b][lo]), int(self.levels[b][hi])
 
-    def _dual_simplex(self, a: int, phi: np.ndarray) -> Certificate:
+    def _dual_simplex(self, a: int, phi: np.ndarray, test_level: int | None = None) -> Certificate:
+        """Optimal or unbounded certificate for target a; ``test_level``: the test point's level (default
+        (q - p)·w_test)."""
         m = phi.shape[0]
         G = self.groups
         r = len(G)
         phi_g = self._phi_g if m == self.n_data else phi[:, G].astype(np.int64)
         L = list(self.base) + ([0] if m > self.n_data else [])
-        L[a] = L[a] + (self.q - self.p) * self.tw
+        L[a] = L[a] + ((self.q - self.p) * self.tw if test_level is None else test_level)
         if self._warm is not None:
             basis, kidx, adj, det, h_data = self._warm
             basis, kidx, adj, h = list(basis), list(kidx), [list(row) for row in adj], [list(row) for row in h_data]
