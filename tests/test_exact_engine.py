@@ -279,15 +279,21 @@ def test_degenerate_families():
         check_certificate(sv.certificates[target.tobytes()], sv._engine, target)
 
 
-def test_tampered_certificate_is_rejected():
-    rng = np.random.default_rng(15)
+def _certified(seed: int, n: int):
+    """A solver on a random 6-atom family, one of its data atoms and that atom's (optimal) certificate."""
+    rng = np.random.default_rng(seed)
     patterns = random_family(rng, 6, 4)
-    idx = rng.integers(0, 6, 40)
-    solver = AtomSolver(rng.random(40), np.ones(40, dtype=np.int64), idx, patterns, 0.1, 1)
+    idx = rng.integers(0, 6, n)
+    solver = AtomSolver(rng.random(n), np.ones(n, dtype=np.int64), idx, patterns, 0.1, 1)
     target = patterns[idx[0]]
     solver.threshold(target)
     cert = solver.certificates[target.tobytes()]
     assert cert.kind == "optimal"
+    return solver, target, cert
+
+
+def test_tampered_certificate_is_rejected():
+    solver, target, cert = _certified(15, 40)
     g = next(iter(cert.beta))
     cert.beta[g] += 1
     with pytest.raises(CertificateError):
@@ -300,14 +306,8 @@ def test_malformed_certificates_are_rejected():
     import copy
     from fractions import Fraction
 
-    rng = np.random.default_rng(17)
-    patterns = random_family(rng, 6, 4)
-    idx = rng.integers(0, 6, 60)
-    solver = AtomSolver(rng.random(60), np.ones(60, dtype=np.int64), idx, patterns, 0.1, 1)
-    target = patterns[idx[0]]
-    solver.threshold(target)
-    good = solver.certificates[target.tobytes()]
-    engine = solver._engine
+    solver, target, good = _certified(17, 60)
+    engine, patterns = solver._engine, solver._engine.patterns
     check_certificate(good, engine, target)
     scale = 2**12
 
