@@ -168,7 +168,6 @@ def test_group_coverage_over_random_splits(delta):
     """
     rng = np.random.default_rng(10 + delta)
     alpha = 0.1
-    n_labels = 10
     covs = {"gcfcp": [], "conservative": [], "split": [], "central": []}
     for _ in range(150):
         data = synthetic_clients(rng, n_per_client=(120, 100, 80, 90, 110))

@@ -7,7 +7,6 @@ file when it is absent; the regression, ``scores`` (on an npz written here) and 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
