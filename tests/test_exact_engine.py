@@ -18,25 +18,8 @@ import pytest
 
 from flwr_gcfcp.core.reference import appd_test_dual
 from flwr_gcfcp.core.simplex import CertificateError, check_certificate
-from flwr_gcfcp.core.solver import AtomSolver, left_null_space
-
-
-def relations(patterns: np.ndarray) -> int:
-    """Relations between the direction classes of the left null space's rows (0 for the old exact path's families)."""
-    pats = np.unique(patterns[patterns.any(axis=1)], axis=0).astype(np.int64)
-    basis = left_null_space(pats)
-    if not basis:
-        return 0
-    rows = set()
-    for pos in range(len(pats)):
-        row = [vec[pos] for vec in basis]
-        if any(row):
-            g = math.gcd(*row)
-            row = [x // g for x in row]
-            if next(x for x in row if x) < 0:
-                row = [-x for x in row]
-            rows.add(tuple(row))
-    return len(rows) - len(basis)
+from flwr_gcfcp.core.solver import AtomSolver
+from simulations.benchmark import direction_relations as relations
 
 
 def random_family(rng, n_labels: int, d: int) -> np.ndarray:

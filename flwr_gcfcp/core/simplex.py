@@ -583,10 +583,11 @@ def check_certificate(cert: Certificate, engine: DualSimplex, target: np.ndarray
     if target.shape != (engine.d,):
         raise CertificateError(f"target pattern must have shape ({engine.d},), got {target.shape}")
     a = cert.target
+    target_groups = np.flatnonzero(target).tolist()
     groups_of = list(engine.atom_groups)  # member groups of each atom, the target without data last
     if type(a) is int and a >= engine.n_data:
-        groups_of.append(np.flatnonzero(target).tolist())
-    if type(a) is not int or not 0 <= a < len(groups_of) or groups_of[a] != np.flatnonzero(target).tolist():
+        groups_of.append(target_groups)
+    if type(a) is not int or not 0 <= a < len(groups_of) or groups_of[a] != target_groups:
         raise CertificateError("certificate target does not match the pattern")
     m, d = len(groups_of), engine.d
     # every number is checked as an exact Python int: floats or numpy scalars would compare approximately
