@@ -6,6 +6,7 @@ Usage::
                                     [--seed S] [--condconf-mode auto|exact|bisection|off] [--condconf-python PY]
                                     [--families random|none] [--n-families N] [--families-check N]
                                     [--big-n N] [--n-clients N] [--e2e-n N,N,...]
+                                    [--cross-atoms N] [--cross-reference-atoms N]
 
 Setting (GC-FCP §6.2): ResNet-56 CIFAR-10 test outputs (``<data-dir>/logits/cifar10_resnet56_test_logits.npz``;
 a seeded synthetic stand-in of the same shape when the file is absent — the output says which), a random split
@@ -59,6 +60,12 @@ Issue 10 figures (each a top-level JSON key; details under ``minimal_reference``
   jitter so that scores stay distinct, the same five clients by true class). At n = 5000 the fit is mostly work that does not grow with n (the exact solves per
   atom), which both pay; compression pays once sorting and scanning the raw points cost more than the clients'
   digests and the merge (see the scaling rows).
+
+Many-atom families (``cross_families``; the largest one's fit times are top-level keys
+``cross_families_largest_*``): the predicted class crossed with seeded random attributes (a 2- to 5-valued one and
+up to 3 binary ones; one group per class and per attribute value: about 20, 40, 120 and 400 atoms, up to
+``--cross-atoms``), fit of all atoms for CondCP's and centralized GC-FCP's weights; up to ``--cross-reference-atoms``
+atoms also with the engine's scalar loop in the same process (identical thresholds, time ratio).
 
 Speedups use the exact engine's cost per test point = (calibrate + predict all n_test points) / n_test:
 centralized GC-FCP for App. D, CondCP for ``conditionalconformal``. ``conditionalconformal`` and ``fastdigest``
@@ -508,6 +515,68 @@ def families_benchmark(cal_scores, cal_pred, n_k, n_families: int, seed: int, re
     return out
 
 
+#: (values of a categorical attribute, binary attributes) of the class x attribute families: about 20, 40, 120, 400 atoms
+CROSS_FAMILIES = ((2, 0), (4, 0), (3, 2), (5, 3))
+
+
+def cross_families_benchmark(cal_scores, cal_pred, n_k, seed: int, repeats: int, max_atoms: int, reference_atoms: int,
+                             log: Callable[[str], None] = print) -> list[dict]:
+    """Predicted class x seeded random attributes (one group per class, per attribute value): many atoms, many relations.
+
+    Fit of all atoms by the exact engine (CondCP's equal weights and centralized GC-FCP's λ_k), best of ``repeats``
+    (one run from 100 atoms on), against the scalar loop of the same engine (``DualSimplex.wide_from`` out of reach)
+    in the same process for families of at most ``reference_atoms`` atoms: same thresholds, and the time ratio.
+    """
+    from flwr_gcfcp.core.groups import keys_to_patterns, pattern_keys, unique_keys
+    from flwr_gcfcp.core.simplex import DualSimplex
+    from flwr_gcfcp.core.solver import AtomSolver
+    from flwr_gcfcp.methods.base import _client_integer_weights, _repeat_weights
+
+    n = cal_scores.size
+    lam_ints, tw_lam = _client_integer_weights(list(n_k), None)
+    weightings = {"condcp": (np.ones(n, dtype=np.int64), 1), "centralized_gcfcp": (_repeat_weights(lam_ints, list(n_k)), tw_lam)}
+    rows = []
+    for n_values, n_binary in CROSS_FAMILIES:
+        rng = np.random.default_rng([seed, 5, n_values, n_binary])
+        value = rng.integers(0, n_values, n)
+        cols = [cal_pred == c for c in range(N_LABELS)] + [value == v for v in range(n_values)]
+        cols += [rng.integers(0, 2, n) == 1 for _ in range(n_binary)]
+        phi = np.stack(cols, axis=1)
+        uniq, index, _ = unique_keys(pattern_keys(phi))
+        patterns = keys_to_patterns(uniq, phi.shape[1])
+        if len(patterns) > max_atoms:
+            continue
+        row: dict[str, Any] = {"groups": int(phi.shape[1]), "atoms": int(len(patterns)),
+                               "family": f"class x {n_values}-valued attribute" + (f" x {n_binary} binary" if n_binary else "")}
+        reps = 1 if len(patterns) >= 100 else repeats
+        for name, (weights, tw) in weightings.items():
+            def fit(weights=weights, tw=tw):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # small atoms are the point here
+                    solver = AtomSolver(cal_scores, weights, index, patterns, ALPHA, tw)
+                    return solver.thresholds(patterns), len(solver.certificates)
+            (t,), ((thr, certified),) = _interleaved_min([fit], reps)
+            row[f"{name}_fit_ms"] = t * 1e3
+            row[f"{name}_certified_atoms"] = certified
+            if len(patterns) <= reference_atoms:
+                wide_from = DualSimplex.wide_from
+                DualSimplex.wide_from = 10**9
+                try:
+                    (t_ref,), ((ref, _),) = _interleaved_min([fit], reps)
+                finally:
+                    DualSimplex.wide_from = wide_from
+                row[f"{name}_scalar_loop_ms"] = t_ref * 1e3
+                row[f"{name}_speedup_over_scalar_loop"] = t_ref / t
+                row[f"{name}_differences_from_scalar_loop"] = int(np.sum(thr != ref))
+        rows.append(row)
+        ref_text = "".join(
+            f"; {name} scalar loop {row[f'{name}_scalar_loop_ms']:.0f} ms (x{row[f'{name}_speedup_over_scalar_loop']:.1f}, "
+            f"{row[f'{name}_differences_from_scalar_loop']} differences)" for name in weightings if f"{name}_scalar_loop_ms" in row)
+        log(f"  {row['family']}: {row['groups']} groups, {row['atoms']} atoms: CondCP {row['condcp_fit_ms']:.0f} ms, "
+            f"centralized GC-FCP {row['centralized_gcfcp_fit_ms']:.0f} ms{ref_text}")
+    return rows
+
+
 def scale_benchmark(probs: np.ndarray, labels: np.ndarray, n_big: int, n_clients: int, seed: int, repeats: int,
                     log: Callable[[str], None] = print) -> dict:
     """CondCP at n = ``n_big`` (the CIFAR-10 outputs resampled with replacement, scores jittered by
@@ -573,6 +642,8 @@ def run_benchmark(
     families_check: int = 3,
     big_n: int = 1_000_000,
     n_clients: int = 1000,
+    cross_atoms: int = 400,
+    cross_reference_atoms: int = 120,
     e2e_ns: Sequence[int] = (20_000, 100_000, 500_000),
 ) -> dict:
     from flwr_gcfcp.methods import CentralizedGCFCP, CondCP, GCFCP
@@ -775,6 +846,12 @@ def run_benchmark(
             f"GC-FCP median {fam['centralized_gcfcp_fit_ms_median']:.2f} ms, max {fam['centralized_gcfcp_fit_ms_max']:.2f} ms; "
             f"relations {fam['relations_histogram']}; App. D disagreements {fam['appd_disagreements']} of "
             f"{fam['appd_checked_thresholds']} thresholds checked")
+    cross = None
+    if cross_atoms > 0:
+        log(f"class x attribute families (seeded attributes), fit of all atoms at n={n_cal}; the engine's scalar loop "
+            f"as the reference up to {cross_reference_atoms} atoms:")
+        cross = cross_families_benchmark(cal_scores, cal_pred, n_k, seed, max(1, min(repeats, 3)), cross_atoms,
+                                         cross_reference_atoms, log)
     scale = scale_benchmark(probs, labels, big_n, n_clients, seed, max(1, min(repeats, 3)), log) if big_n > 0 else None
 
     # ---------------- digests
@@ -810,6 +887,9 @@ def run_benchmark(
         "random_families_gcfcp_fit_ms_median": _round(fam["centralized_gcfcp_fit_ms_median"]) if fam else None,
         "random_families_gcfcp_fit_ms_max": _round(fam["centralized_gcfcp_fit_ms_max"]) if fam else None,
         "random_families_appd_disagreements": fam["appd_disagreements"] if fam else None,
+        "cross_families_largest_atoms": cross[-1]["atoms"] if cross else None,
+        "cross_families_largest_condcp_fit_ms": _round(cross[-1]["condcp_fit_ms"]) if cross else None,
+        "cross_families_largest_gcfcp_fit_ms": _round(cross[-1]["centralized_gcfcp_fit_ms"]) if cross else None,
         "condcp_1e6_fit_ms": _round(scale["condcp_fit_ms"]) if scale else None,
         "server_1000_clients_merge_fit_ms": _round(scale.get("server_merge_fit_ms")) if scale else None,
         "gcfcp_end_to_end_ms": _round(e2e["gcfcp_total_ms"]),
@@ -821,6 +901,7 @@ def run_benchmark(
         # ---- extras
         "minimal_reference": minimal,
         "random_families": fam,
+        "cross_families": cross,
         "scale": scale,
         "data_source": source,
         "synthetic": source.startswith("synthetic"),
@@ -891,6 +972,9 @@ def summary_line(r: dict) -> str:
         f"random families CondCP {r['random_families_condcp_fit_ms_median']:.1f}/{r['random_families_condcp_fit_ms_max']:.1f} "
         f"ms, GC-FCP {r['random_families_gcfcp_fit_ms_median']:.1f}/{r['random_families_gcfcp_fit_ms_max']:.1f} ms "
         f"(median/max; App.D dis. {r['random_families_appd_disagreements']})")
+    cross = "" if r.get("cross_families_largest_atoms") is None else (
+        f" | class x attribute {r['cross_families_largest_atoms']} atoms CondCP "
+        f"{r['cross_families_largest_condcp_fit_ms'] / 1e3:.2f} s, GC-FCP {r['cross_families_largest_gcfcp_fit_ms'] / 1e3:.2f} s")
     rows = r.get("end_to_end_scaling") or []
     scaling = ("; total/critical at n=" + ", ".join(
         f"{row['n']:g}: {row['total_ratio']:.2f}/{row['critical_path_ratio']:.2f}" for row in rows)) if rows else ""
@@ -898,7 +982,7 @@ def summary_line(r: dict) -> str:
             f", CondCP x{f(r.get('engine_over_minimal_reference_condcp'), '.2f')}) | "
             f"predict {f(r['predict_us_per_point'], '.3f')} us/pt | "
             f"{appd} | {cc} | disagreements {f(r['disagreements_vs_appd'], 'd')}/"
-            f"{f(r['disagreements_vs_condconf'], 'd')} | {fam} | CondCP 1e6 {f(r.get('condcp_1e6_fit_ms'), '.0f')} ms | "
+            f"{f(r['disagreements_vs_condconf'], 'd')} | {fam}{cross} | CondCP 1e6 {f(r.get('condcp_1e6_fit_ms'), '.0f')} ms | "
             f"1000 clients {f(r.get('server_1000_clients_merge_fit_ms'), '.0f')} ms | GC-FCP/CondCP e2e "
             f"{f(r.get('gcfcp_over_condcp_end_to_end'), '.2f')} (critical path "
             f"{f(r.get('gcfcp_over_condcp_critical_path'), '.2f')}){scaling} | digest 1e6 "
@@ -931,6 +1015,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--families-check", type=int, default=3, help="families whose every threshold App. D checks")
     ap.add_argument("--big-n", type=int, default=1_000_000, help="points for the CondCP scale run (0 = skip)")
     ap.add_argument("--n-clients", type=int, default=1000, help="clients' digests merged at the server (0 = skip)")
+    ap.add_argument("--cross-atoms", type=int, default=400,
+                    help="largest class x attribute family (atoms) to fit (0 = skip)")
+    ap.add_argument("--cross-reference-atoms", type=int, default=120,
+                    help="class x attribute families up to this many atoms also run the engine's scalar loop")
     ap.add_argument("--e2e-n", default="20000,100000,500000",
                     help="comma-separated calibration sizes for the end-to-end comparison beyond the split ('' = none)")
     args = ap.parse_args(argv)
@@ -951,6 +1039,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_cal=args.n_cal, n_test=args.n_test, repeats=args.repeats, digest_n=args.digest_n,
         condconf_mode=args.condconf_mode, condconf_python=args.condconf_python, families=args.families,
         n_families=args.n_families, families_check=args.families_check, big_n=args.big_n, n_clients=args.n_clients,
+        cross_atoms=args.cross_atoms, cross_reference_atoms=args.cross_reference_atoms,
         e2e_ns=e2e_ns,
     )
     result["command"] = command

@@ -20,7 +20,7 @@ def test_tiny_run_writes_required_keys_and_agrees(tmp_path, capsys):
         "--json", str(out), "--data-dir", str(tmp_path / "no-data"), "--n-cal", "600", "--n-test", "600",
         "--appd-points", "3", "--condconf-points", "2", "--repeats", "2", "--digest-n", "5000", "--seed", "3",
         "--condconf-mode", "auto" if HAVE_CONDCONF else "off", "--n-families", "2", "--families-check", "1",
-        "--big-n", "4000", "--n-clients", "4", "--e2e-n", "3000",
+        "--big-n", "4000", "--n-clients", "4", "--e2e-n", "3000", "--cross-atoms", "45", "--cross-reference-atoms", "45",
     ]
     assert benchmark.main(argv) == 0
     res = json.loads(out.read_text())
@@ -44,6 +44,14 @@ def test_tiny_run_writes_required_keys_and_agrees(tmp_path, capsys):
     assert [row["n"] for row in res["end_to_end_scaling"]] == [3000]
     assert sum(res["end_to_end_scaling"][0]["n_per_client"]) == 3000
     assert res["appd"]["max_abs_threshold_diff_1e-10"] < 1e-8
+    # class x attribute families up to 45 atoms, each also through the scalar loop: the same thresholds
+    cross = res["cross_families"]
+    assert [row["groups"] for row in cross] == [12, 14] and all(row["atoms"] <= 45 for row in cross)
+    for row in cross:
+        for name in ("condcp", "centralized_gcfcp"):
+            assert row[f"{name}_differences_from_scalar_loop"] == 0 and row[f"{name}_certified_atoms"] > 0
+            assert row[f"{name}_speedup_over_scalar_loop"] > 0
+    assert res["cross_families_largest_atoms"] == cross[-1]["atoms"]
     # digests were built on 5000 values, not 1e6: the 1e6 keys are null, the measured ones are extras
     assert res["digest_build_ms_1e6"] is None and res["fastdigest_build_ms_1e6"] is None
     assert res["digest"]["digest_n"] == 5000 and res["digest"]["digest_build_ms"] > 0
@@ -61,10 +69,11 @@ def test_tiny_run_writes_required_keys_and_agrees(tmp_path, capsys):
 def test_skipping_references_gives_nulls(tmp_path):
     res = benchmark.run_benchmark(
         data_dir=tmp_path, appd_points=0, condconf_mode="off", n_cal=300, n_test=300, repeats=1, digest_n=2000,
-        log=lambda _msg: None, families="none", big_n=0, e2e_ns=(),
+        log=lambda _msg: None, families="none", big_n=0, e2e_ns=(), cross_atoms=0,
     )
     for key in ("appd_ms_per_point", "speedup_vs_appd", "disagreements_vs_appd", "condconf_ms_per_point",
                 "speedup_vs_condconf", "disagreements_vs_condconf", "random_families_condcp_fit_ms_median",
+                "cross_families_largest_condcp_fit_ms",
                 "condcp_1e6_fit_ms", "server_1000_clients_merge_fit_ms"):
         assert res[key] is None, key
     assert res["condconf_mode"] is None

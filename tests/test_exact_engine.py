@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from flwr_gcfcp.core.reference import appd_test_dual
-from flwr_gcfcp.core.simplex import CertificateError, check_certificate
+from flwr_gcfcp.core.simplex import CertificateError, DualSimplex, check_certificate
 from flwr_gcfcp.core.solver import AtomSolver
 from simulations.benchmark import direction_relations as relations
 
@@ -54,7 +54,12 @@ def draw_problem(rng, patterns, ties: bool, integer_weights: bool, n=None):
     return idx, scores, weights, tw, alpha
 
 
-def test_agrees_with_appd_dual_on_500_random_problems_with_0_to_5_relations():
+@pytest.mark.parametrize("loop", ["default", "vectorised"])
+def test_agrees_with_appd_dual_on_500_random_problems_with_0_to_5_relations(loop, monkeypatch):
+    """``vectorised``: every family with several relations runs :meth:`DualSimplex._dual_simplex_wide` (the default
+    keeps it for 24 atoms or more)."""
+    if loop == "vectorised":
+        monkeypatch.setattr(DualSimplex, "wide_from", 1)
     rng = np.random.default_rng(10)
     fams = families_by_relations(rng, per_bucket=85)
     assert len(fams) >= 500
@@ -362,3 +367,49 @@ def test_forty_groups_exact_inverse_path():
             assert dual(s_star - 1e-6) < 0.5 * (1 - 1e-7) and dual(s_star + 1e-6) > 0.5 * (1 - 1e-7)
             checked += 1
     assert checked >= 2
+
+
+def cross_family(rng, n: int, n_classes: int, n_values: int, n_binary: int) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted class x a categorical attribute x binary attributes: one group per value (many atoms, many relations)."""
+    cls, val = rng.integers(0, n_classes, n), rng.integers(0, n_values, n)
+    cols = [cls == c for c in range(n_classes)] + [val == v for v in range(n_values)]
+    cols += [rng.integers(0, 2, n) == 1 for _ in range(n_binary)]
+    phi = np.stack(cols, axis=1)
+    patterns, idx = np.unique(phi, axis=0, return_inverse=True)
+    return patterns, idx.reshape(-1)
+
+
+@pytest.mark.parametrize("int50", [None, 2])
+def test_vectorised_iteration_equals_the_scalar_loop(monkeypatch, int50):
+    """Class x attribute families of 24-96 atoms: the vectorised iteration gives the scalar loop's thresholds, each
+    certified; unit, integer and float weights, with and without ties. ``int50 = 2`` makes the integer state leave
+    the vectorised range at the first pivot, so solves switch to the scalar loop midway."""
+    from flwr_gcfcp.core import simplex
+
+    rng = np.random.default_rng(31)
+    problems = []
+    for trial in range(9):
+        patterns, idx = cross_family(rng, 700, int(rng.integers(6, 9)), int(rng.integers(2, 4)), int(rng.integers(1, 3)))
+        n = idx.size
+        scores = np.round(rng.random(n), 2) if trial % 2 else rng.random(n)
+        kind = trial % 3
+        weights = np.ones(n, dtype=np.int64) if kind == 0 else rng.integers(1, 6, n).astype(np.int64) if kind == 1 else rng.uniform(0.2, 2.0, n)
+        tw = 1 if kind < 2 else float(rng.uniform(0.2, 2.0))
+        problems.append((patterns, idx, scores, weights, tw, float(rng.choice([0.1, 0.2]))))
+    wide_calls = []
+    real = DualSimplex._dual_simplex_wide
+    monkeypatch.setattr(DualSimplex, "_dual_simplex_wide", lambda self, *a: wide_calls.append(1) or real(self, *a))
+    if int50 is not None:
+        monkeypatch.setattr(simplex, "_INT50", int50)
+    for patterns, idx, scores, weights, tw, alpha in problems:
+        assert len(patterns) >= DualSimplex.wide_from
+        solver = AtomSolver(scores, weights, idx, patterns, alpha, tw)
+        got = solver.thresholds(patterns)
+        for pat in patterns:
+            check_certificate(solver.certificates[pat.tobytes()], solver._engine, pat)
+        monkeypatch.setattr(DualSimplex, "wide_from", 10**9)
+        want = AtomSolver(scores, weights, idx, patterns, alpha, tw).thresholds(patterns)
+        monkeypatch.setattr(DualSimplex, "wide_from", 24)
+        assert np.array_equal(got, want)
+        assert np.isfinite(got).sum() >= len(patterns) // 2
+    assert len(wide_calls) >= 9 * 24

@@ -41,6 +41,8 @@ import numpy as np
 __all__ = ["Certificate", "CertificateError", "DualSimplex", "check_certificate"]
 
 _INT64_SAFE = 2**62
+_INT50 = 2**50
+_UNIT = 2.0**-53  # unit roundoff of float64
 _GRID = np.linspace(0.0, 1.0, 33)  # search grid of DualSimplex._relation_brackets
 
 
@@ -96,6 +98,46 @@ def _count_below(values: np.ndarray, num: int, den: int, theta_f: float) -> tupl
     if diff > 0:
         return hi, hi
     return lo, hi
+
+
+def _dyadic(vb: list) -> tuple[list[int], int]:
+    """Integers V and a shift s with V_i = vb_i · 2**s exactly (floats on one power-of-two scale)."""
+    mant_exp = [math.frexp(v) for v in vb]
+    shift = max([0] + [53 - e for mt, e in mant_exp if mt])
+    return [int(math.ldexp(mt, 53)) << (e - 53 + shift) if mt else 0 for mt, e in mant_exp], shift
+
+
+def _as_int50(x) -> np.ndarray | None:
+    """``x`` (integers) as an int64 array when every entry is below 2**50 in absolute value, else None.
+
+    Below 2**50 the vectorised iteration's products stay exact in int64 and the entries exact in float64.
+    """
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=object)
+    if arr.size and max(abs(int(arr.max())), abs(int(arr.min()))) >= _INT50:
+        return None
+    return arr.astype(np.int64)
+
+
+def _replace_row_wide(adj: np.ndarray, det: int, h: np.ndarray, h_enter: np.ndarray, i: int) -> tuple | None:
+    """:func:`_replace_row` on int64 arrays; None when an entry could reach 2**50 (the caller goes on in Python ints)."""
+    p = int(h_enter[i])
+    u = h_enter.copy()
+    u[i] -= det
+    col_a, col_h = adj[:, i], h[:, i]
+    top = max(int(np.abs(adj).max()), int(np.abs(h).max()))
+    if abs(p) * top + max(int(np.abs(col_a).max()), int(np.abs(col_h).max())) * int(np.abs(u).max()) >= _INT50 or abs(det * p) >= _INT50:
+        return None
+    new_adj = p * adj - np.outer(col_a, u)
+    new_h = p * h - np.outer(col_h, u)
+    new_det = det * p
+    g = math.gcd(new_det, int(np.gcd.reduce(new_adj.ravel())))
+    if new_det < 0:
+        g = -g
+    if g != 1:
+        new_adj //= g
+        new_h //= g
+        new_det //= g
+    return new_adj, new_det, new_h
 
 
 def _adj_det(m: np.ndarray) -> tuple[np.ndarray, int]:
@@ -199,6 +241,8 @@ class DualSimplex:
 
     #: pivots (plus 5 per atom) chosen by the largest violation before switching to Bland's lowest-index rule
     bland_after = 50
+    #: data atoms from which a family with several relations runs the vectorised iteration (:meth:`_dual_simplex_wide`)
+    wide_from = 24
 
     def __init__(self, values, weights_q, patterns, p: int, q: int, test_weight: int) -> None:
         self.values = [np.asarray(v, dtype=np.float64) for v in values]
@@ -213,6 +257,7 @@ class DualSimplex:
         totals = [int(c[-1]) for c in self.levels]
         # base levels in q-units: (q - p)·W_b = (q - p)/q · C_b[-1]
         self.base = [(self.q - self.p) * (t // self.q) for t in totals]
+        self._int_levels = all(c.dtype != object for c in self.levels)  # int64 levels (the vectorised iteration)
         order = sorted(range(self.n_data), key=lambda b: -totals[b])
         rows_int = self.patterns.astype(np.int64)
         self.basic_atoms_start = independent_rows(rows_int, order)
@@ -222,6 +267,7 @@ class DualSimplex:
         self._warm: tuple | None = None
         self._line: tuple | bool | None = None  # built by _relation_brackets on the first call
         self._base: tuple | bool | None = None  # optimal basis without the test point (several relations)
+        self._flat: tuple | None = None  # flat score and level tables of the vectorised iteration (built on first use)
         self._index = {p.tobytes(): b for b, p in enumerate(self.patterns)}
         member = self.patterns.tolist()
         self.atom_groups = [[g for g, x in enumerate(row) if x] for row in member]  # groups of each data atom
@@ -246,11 +292,20 @@ class DualSimplex:
             # away), which takes fewer pivots than the previous target's optimum
             if self._base is None:
                 self._warm = None
-                self._dual_simplex(0, pats, test_level=0)
+                self._iterate(0, pats, test_level=0)
                 self._base = self._warm if self._warm is not None else False
             if self._base:
                 self._warm = self._base
-        return self._dual_simplex(a, phi)
+        return self._iterate(a, phi)
+
+    def _iterate(self, a: int, phi: np.ndarray, test_level: int | None = None) -> Certificate:
+        """The dual simplex for target a: vectorised over the atoms for many-atom families, else the scalar loop."""
+        if phi.shape[0] == self.n_data >= self.wide_from and self.n_data != self.rank + 1 and self._int_levels:
+            return self._dual_simplex_wide(a, test_level)
+        if self._warm is not None and isinstance(self._warm[2], np.ndarray):  # a state of the vectorised loop
+            basis, kidx, adj, det, h = self._warm
+            self._warm = (basis, kidx, adj.tolist(), det, h.tolist())
+        return self._dual_simplex(a, phi, test_level)
 
     # ---------------------------------------------------------------- helpers
     def _in_span(self, row: np.ndarray) -> bool:
@@ -272,13 +327,6 @@ class DualSimplex:
             if s != 0:
                 return {g: (x if s > 0 else -x) for g, x in enumerate(vec) if x}
         raise CertificateError("target pattern outside the span but no escape direction found")
-
-    def level_bounds(self, b: int, num: int, den: int) -> tuple[int, int]:
-        """(W_<(θ), W_<=(θ)) of atom b in level units for θ = num/den, exactly (0, 0 for a target without data)."""
-        if b >= self.n_data:
-            return 0, 0
-        lo, hi = _count_below(self.values[b], num, den, num / den)
-        return int(self.levels[b][lo]), int(self.levels[b][hi])
 
     def _dual_simplex(self, a: int, phi: np.ndarray, test_level: int | None = None) -> Certificate:
         """Optimal or unbounded certificate for target a; ``test_level``: the test point's level (default
@@ -317,10 +365,7 @@ class DualSimplex:
         bland_after = self.bland_after + 5 * m  # then the lowest-index violated atom leaves (against cycling)
         for it in range(max_iter):
             # β on a common dyadic scale: θ_j = (h_j · V) / (det · 2^s), V the basic scores times 2^s (integers)
-            vb = [float(self.values[b][k]) for b, k in zip(basis, kidx)]
-            mant_exp = [math.frexp(v) for v in vb]
-            shift = max([0] + [53 - e for mt, e in mant_exp if mt])
-            vint = [int(math.ldexp(mt, 53)) << (e - 53 + shift) if mt else 0 for mt, e in mant_exp]
+            vint, shift = _dyadic([float(self.values[b][k]) for b, k in zip(basis, kidx)])
             den = det << shift
             numer = [sum(map(mul, h[j], vint)) for j in range(m)]
             in_basis = {b: i for i, b in enumerate(basis)}
@@ -393,6 +438,208 @@ class DualSimplex:
                 adj, det, h = _replace_row(adj, det, h, h[e_atom], leave)
             kidx[leave] = e_idx
         raise CertificateError(f"dual simplex did not converge in {max_iter} pivots")
+
+    def _flat_tables(self) -> tuple:
+        """Every data atom's scores and levels back to back, and integer keys that let one searchsorted count each
+        atom's scores below a bound: key = atom · (U + 1) + rank of the score among the U distinct scores."""
+        if self._flat is None:
+            sizes = np.array([v.size for v in self.values], dtype=np.int64)
+            first = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+            flat_v = np.concatenate(self.values)
+            distinct = np.unique(flat_v)
+            kbase = np.arange(self.n_data, dtype=np.int64) * (distinct.size + 1)
+            keys = np.repeat(kbase, sizes) + distinct.searchsorted(flat_v)
+            flat_c = np.concatenate(self.levels)  # C_b[0..K_b] of atom b start at first_b + b
+            self._flat = (first, sizes, flat_v, flat_c, first + np.arange(self.n_data), distinct, kbase, keys)
+        return self._flat
+
+    def _dual_simplex_wide(self, a: int, test_level: int | None) -> Certificate:
+        """:meth:`_dual_simplex` for a data target with each per-atom step done on arrays (same rules, same certificate).
+
+        Fitted values are evaluated in floats with a rigorous error bound; an atom with one of its scores inside
+        that bound (ties) is counted exactly in integers, the others are exact by the bound. The integer state
+        (A, D, h) is kept in int64 below 2**50; when a pivot would leave that range, the scalar loop goes on from
+        the current basis in Python ints.
+        """
+        first, sizes, flat_v, flat_c, cfirst, distinct, kbase, keys = self._flat_tables()
+        m, G = self.n_data, self.groups
+        r = len(G)
+        L = list(self.base)
+        L[a] += (self.q - self.p) * self.tw if test_level is None else test_level
+        L_arr = np.array(L, dtype=np.int64) if max(map(abs, L)) < _INT64_SAFE else None
+        state = None
+        if L_arr is not None and self._warm is not None:
+            basis, kidx, adj, det, h = self._warm
+            basis, kidx = list(basis), list(kidx)
+            adj, h = _as_int50(adj), _as_int50(h)
+            state = None if adj is None or h is None or det >= _INT50 else (basis, kidx, adj, det, h)
+        elif L_arr is not None:
+            basis = list(self.basic_atoms_start)
+            kidx = [min(max(self._index_of_level(b, self.base[b]) - 1, 0), len(self.values[b]) - 1) for b in basis]
+            adj_exact, det = _adj_det(self._phi_g[basis])
+            adj = _as_int50(adj_exact)
+            if adj is not None and det < _INT50:
+                h = _as_int50(self._phi_g @ adj)
+                state = None if h is None else (basis, kidx, adj, det, h)
+        if state is None:  # magnitudes beyond the vectorised range: the scalar loop in Python ints
+            if self._warm is not None and isinstance(self._warm[2], np.ndarray):
+                basis, kidx, adj, det, h = self._warm
+                self._warm = (basis, kidx, adj.tolist(), det, h.tolist())
+            return self._dual_simplex(a, self.patterns, test_level)
+        basis, kidx, adj, det, h = state
+        hf = h.astype(np.float64)
+        pos = np.full(m, -1, dtype=np.int64)  # remembered level index of nonbasic atoms, -1: none
+        movable = np.empty(m, dtype=bool)
+        max_iter = 200 + 20 * m
+        bland_after = self.bland_after + 5 * m
+        for it in range(max_iter):
+            bidx = np.array(basis)
+            vb = flat_v[first[bidx] + kidx]
+            theta = hf @ vb
+            err = np.abs(hf) @ np.abs(vb)
+            theta /= det
+            err *= 2.0 * (r + 2) * _UNIT / det  # twice the bound on the float dot product and division
+            err += 1e-300
+            theta[bidx] = vb  # basic atoms sit on their scores
+            lo = keys.searchsorted(kbase + distinct.searchsorted(theta - err, side="left")) - first
+            hi = keys.searchsorted(kbase + distinct.searchsorted(theta + err, side="right")) - first
+            movable.fill(True)
+            movable[bidx] = False
+            unsure = np.flatnonzero(((lo != hi) | ~np.isfinite(theta) | ~np.isfinite(err)) & movable)
+            vint = None
+            if unsure.size:  # a score within the error bound: count exactly
+                vint, shift = _dyadic(vb.tolist())
+                den = det << shift
+                for j in unsure.tolist():
+                    num = sum(map(mul, h[j].tolist(), vint))
+                    theta[j] = num / den
+                    lo[j], hi[j] = _count_below(self.values[j], num, den, theta[j])
+            kpos = np.where(pos >= 0, np.minimum(np.maximum(pos, lo), hi), lo)
+            level0 = flat_c[cfirst + kpos]
+            diff = L_arr - level0
+            diff[bidx] = 0
+            if float(np.abs(diff).sum(dtype=np.float64)) * float(np.abs(h).max()) < 2.0**62:
+                x0 = (diff @ h).tolist()
+            else:
+                x0 = (diff.astype(object) @ h.astype(object)).tolist()
+            x0 = [det * L[b] + x for b, x in zip(basis, x0)]
+            if a in basis:
+                x1 = [0] * r
+                x1[basis.index(a)] = -det
+            else:
+                x1 = (-h[a]).tolist()
+            lowers = flat_c[cfirst[bidx] + kidx].tolist()
+            uppers = flat_c[cfirst[bidx] + kidx + 1].tolist()
+            leave, sigma, worst = None, 0, None
+            for i, b in enumerate(basis):
+                lower, upper = lowers[i] * det, uppers[i] * det
+                if _lex_cmp(x0[i], x1[i], lower) < 0:
+                    viol, sg = lower - x0[i], -1
+                elif _lex_cmp(x0[i], x1[i], upper) > 0:
+                    viol, sg = x0[i] - upper, 1
+                else:
+                    continue
+                if worst is None or (b < basis[leave] if it >= bland_after else viol > worst):
+                    leave, sigma, worst = i, sg, viol
+            if leave is None:
+                if vint is None:
+                    vint, shift = _dyadic(vb.tolist())
+                    den = det << shift
+                adj_rows = adj.tolist()
+                beta = {G[g]: sum(map(mul, adj_rows[g], vint)) for g in range(r)}
+                lv0 = [lv * det for lv in level0.tolist()]
+                lv1 = [0] * m
+                for i, b in enumerate(basis):
+                    lv0[b] = x0[i]
+                    lv1[b] = x1[i]
+                self._warm = (list(basis), list(kidx), adj, det, h)
+                return Certificate("optimal", a, beta, den, lv0, lv1, det, Fraction(sum(map(mul, h[a].tolist(), vint)), den))
+            ell = basis[leave]
+            lower, upper = lowers[leave] * det, uppers[leave] * det
+            rate0 = (x0[leave] - lower, x1[leave]) if sigma < 0 else (upper - x0[leave], -x1[leave])
+            g = sigma * h[:, leave]
+            kpos[ell] = kidx[leave] if sigma < 0 else kidx[leave] + 1
+            movable[ell] = True
+            found = self._line_search_wide(np.flatnonzero((g != 0) & movable), g, kpos, theta, rate0)
+            if found is None:
+                return self._unbounded(a, adj.tolist(), leave, sigma)
+            e_atom, e_idx, counts = found
+            pos = np.where(g > 0, kpos + counts, kpos - counts)
+            movable[e_atom] = False
+            pos[~movable] = -1
+            if e_atom != ell:
+                step = _replace_row_wide(adj, det, h, h[e_atom], leave)
+                basis[leave] = e_atom
+                kidx[leave] = e_idx
+                if step is None:  # entries would reach 2**50: the exact pivot, then the scalar loop
+                    adj, det, h = _replace_row(adj.tolist(), det, h.tolist(), h[e_atom].tolist(), leave)
+                    self._warm = (basis, kidx, adj, det, h)
+                    return self._dual_simplex(a, self.patterns, test_level)
+                adj, det, h = step
+                hf = h.astype(np.float64)
+            kidx[leave] = e_idx
+        raise CertificateError(f"dual simplex did not converge in {max_iter} pivots")
+
+    def _line_search_wide(self, moving: np.ndarray, g: np.ndarray, kpos: np.ndarray, theta: np.ndarray, rate0: tuple):
+        """:meth:`_line_search` on arrays: windows of ``k`` breakpoints of every moving atom at once."""
+        first, sizes, flat_v, flat_c, cfirst = self._flat[:5]
+        need = -rate0[0]
+        side = "right" if rate0[1] < 0 else "left"
+        gm = g[moving]
+        up = gm > 0
+        k0 = kpos[moving]
+        avail = np.where(up, sizes[moving] - k0, k0)  # breakpoints ahead of each moving atom
+        keep = avail > 0
+        if not keep.any():
+            return None
+        moving, gm, up, k0, avail = moving[keep], gm[keep], up[keep], k0[keep], avail[keep]
+        absg = np.abs(gm)
+        top = flat_c[cfirst[moving] + sizes[moving]]  # each atom's total level
+        big = abs(need) >= _INT64_SAFE or float(absg.max()) * float(top.max()) * moving.size >= _INT64_SAFE
+        fv, fc, th = first[moving][:, None], cfirst[moving][:, None], theta[moving][:, None]
+
+        def stop_in(order: np.ndarray, step: np.ndarray) -> int:
+            """Position in ``order`` where the cumulative rate first reaches ``need`` (len(order) if it does not)."""
+            step, gain = step[order], absg[order // k]
+            if not big:
+                return int(np.searchsorted(np.cumsum(step * gain), need, side=side))
+            # int64 sums could overflow: locate the stop in floats, then confirm it in Python ints
+            approx = np.cumsum(step.astype(np.float64) * gain.astype(np.float64))
+            size = min(order.size, int(np.searchsorted(approx, float(need), side=side)) + 16)
+            while True:
+                stop = int(np.searchsorted(np.cumsum(step[:size].astype(object) * gain[:size].astype(object)), need, side=side))
+                if stop < size or size == order.size:
+                    return stop
+                size = min(order.size, 2 * size)
+
+        k = 8
+        while True:
+            steps = np.arange(k)
+            valid = steps < avail[:, None]
+            idx = np.where(valid, np.where(up[:, None], k0[:, None] + steps, k0[:, None] - 1 - steps), 0)  # score indices
+            t = (flat_v[fv + idx] - th) / gm[:, None]
+            t[~valid] = np.inf
+            step = flat_c[fc + idx + 1] - flat_c[fc + idx]  # q-weight of each score crossed (exact int64)
+            step[~valid] = 0
+            truncated = avail > k
+            cap = float(t[truncated, k - 1].min()) if truncated.any() else math.inf
+            t, step = t.ravel(), step.ravel()  # atom-major: ties in atom order, as the scalar search
+            # the stop is nearly always among the first few breakpoints: order those, then all if needed
+            head = min(32, t.size)
+            order = np.argpartition(t, head - 1)[:head] if head < t.size else np.arange(t.size)
+            order = order[np.argsort(t[order], kind="stable")]
+            stop = stop_in(order, step)
+            if stop == head < t.size:
+                order = np.argsort(t, kind="stable")
+                stop = stop_in(order, step)
+            if stop < t.size and max(float(t[order[stop]]), 0.0) < cap:
+                counts = np.zeros(self.n_data, dtype=np.int64)
+                counts[moving] = np.bincount(order[:stop] // k, minlength=moving.size)
+                e = int(order[stop])
+                return int(moving[e // k]), int(idx.ravel()[e]), counts
+            if cap == math.inf:
+                return None
+            k *= 4
 
     def _relation_start(self, a: int, basis: list, adj: list, det: int, h: list) -> tuple | None:
         """A basis near the optimum for target a when the patterns have one relation (rank m - 1), or None.
@@ -610,22 +857,30 @@ def check_certificate(cert: Certificate, engine: DualSimplex, target: np.ndarray
     if (
         type(den) is not int or type(lden) is not int or den <= 0 or lden <= 0
         or len(cert.levels0) != m or len(cert.levels1) != m
-        or any(type(x) is not int for x in cert.levels0) or any(type(x) is not int for x in cert.levels1)
+        or {*map(type, cert.levels0), *map(type, cert.levels1)} != {int}
     ):
         raise CertificateError("malformed optimal certificate (den, level_den and levels must be ints, one level per atom)")
-    theta = [sum(cert.beta.get(gr, 0) for gr in groups_of[j]) for j in range(m)]
+    beta = [0] * d
+    for gr, v in cert.beta.items():
+        beta[gr] = v
+    theta = [sum(map(beta.__getitem__, groups)) for groups in groups_of]
     if not isinstance(cert.value, Fraction) or cert.value.numerator * den != theta[a] * cert.value.denominator:
         raise CertificateError("certificate value differs from Φ_aᵀβ")
     c0, c1 = cert.levels0, cert.levels1
     in_target = set(groups_of[a])
     for gr in range(d):
         rows = engine.group_rows[gr] + ([m - 1] if m > engine.n_data and gr in groups_of[m - 1] else [])
-        if sum(c0[j] - L[j] * lden for j in rows) != 0:
+        if sum(map(c0.__getitem__, rows)) != lden * sum(map(L.__getitem__, rows)):
             raise CertificateError(f"level balance fails on group {gr}")
-        if sum(c1[j] for j in rows) != (-lden if gr in in_target else 0):
+        if sum(map(c1.__getitem__, rows)) != (-lden if gr in in_target else 0):
             raise CertificateError(f"tie-break balance fails on group {gr}")
+    values, levels = engine.values, engine.levels
     for j in range(m):
-        lo, hi = engine.level_bounds(j, theta[j], den)
-        lo, hi = lo * lden, hi * lden
+        if j < engine.n_data:
+            t = theta[j]
+            lo, hi = _count_below(values[j], t, den, t / den)
+            lo, hi = int(levels[j][lo]) * lden, int(levels[j][hi]) * lden
+        else:
+            lo = hi = 0
         if c0[j] < lo or c0[j] > hi or (c0[j] == lo and c1[j] < 0) or (c0[j] == hi and c1[j] > 0):
             raise CertificateError(f"level of atom {j} outside [W_<(θ), W_<=(θ)]")
