@@ -413,3 +413,20 @@ def test_vectorised_iteration_equals_the_scalar_loop(monkeypatch, int50):
         assert np.array_equal(got, want)
         assert np.isfinite(got).sum() >= len(patterns) // 2
     assert len(wide_calls) >= 9 * 24
+
+
+def test_counting_all_atoms_at_once_matches_each_atom_alone():
+    """``_count_scores`` (one searchsorted over every atom's scores) against a searchsorted on each atom's own scores,
+    at points that hit scores of the same and of other atoms exactly, and in between."""
+    rng = np.random.default_rng(33)
+    values = [np.unique(np.round(rng.random(int(rng.integers(1, 30))), 2)) for _ in range(40)]
+    values[3] = np.array([-0.0, 0.5, 1e-310])[[0, 2, 1]]  # signed zero, a subnormal
+    weights = [np.ones(v.size, dtype=np.int64) * 10 for v in values]
+    patterns = np.eye(40, dtype=bool)
+    engine = DualSimplex(values, weights, patterns, 1, 10, 10)
+    pool = np.concatenate(values)
+    for trial in range(50):
+        x = rng.choice(pool, 40) if trial % 2 else rng.random(40)
+        for side in ("left", "right"):
+            want = [int(np.searchsorted(v, xi, side=side)) for v, xi in zip(values, x)]
+            assert engine._count_scores(x, side).tolist() == want

@@ -453,6 +453,11 @@ class DualSimplex:
             self._flat = (first, sizes, flat_v, flat_c, first + np.arange(self.n_data), distinct, kbase, keys)
         return self._flat
 
+    def _count_scores(self, x: np.ndarray, side: str) -> np.ndarray:
+        """Per data atom j, the number of its scores < x[j] (``side="left"``) or <= x[j] (``"right"``): float compares."""
+        first, _, _, _, _, distinct, kbase, keys = self._flat_tables()
+        return keys.searchsorted(kbase + distinct.searchsorted(x, side=side)) - first
+
     def _dual_simplex_wide(self, a: int, test_level: int | None) -> Certificate:
         """:meth:`_dual_simplex` for a data target with each per-atom step done on arrays (same rules, same certificate).
 
@@ -461,7 +466,7 @@ class DualSimplex:
         (A, D, h) is kept in int64 below 2**50; when a pivot would leave that range, the scalar loop goes on from
         the current basis in Python ints.
         """
-        first, sizes, flat_v, flat_c, cfirst, distinct, kbase, keys = self._flat_tables()
+        first, _, flat_v, flat_c, cfirst, *_ = self._flat_tables()
         m, G = self.n_data, self.groups
         r = len(G)
         L = list(self.base)
@@ -501,8 +506,7 @@ class DualSimplex:
             err *= 2.0 * (r + 2) * _UNIT / det  # twice the bound on the float dot product and division
             err += 1e-300
             theta[bidx] = vb  # basic atoms sit on their scores
-            lo = keys.searchsorted(kbase + distinct.searchsorted(theta - err, side="left")) - first
-            hi = keys.searchsorted(kbase + distinct.searchsorted(theta + err, side="right")) - first
+            lo, hi = self._count_scores(theta - err, "left"), self._count_scores(theta + err, "right")
             movable.fill(True)
             movable[bidx] = False
             unsure = np.flatnonzero(((lo != hi) | ~np.isfinite(theta) | ~np.isfinite(err)) & movable)
@@ -874,13 +878,17 @@ def check_certificate(cert: Certificate, engine: DualSimplex, target: np.ndarray
             raise CertificateError(f"level balance fails on group {gr}")
         if sum(map(c1.__getitem__, rows)) != (-lden if gr in in_target else 0):
             raise CertificateError(f"tie-break balance fails on group {gr}")
-    values, levels = engine.values, engine.levels
+    values, levels, n_data = engine.values, engine.levels, engine.n_data
+    below = below_eq = [0] * m  # score counts < θ_j and <= θ_j (a target without data has none)
+    if n_data >= engine.wide_from:  # all atoms at once at the correctly rounded θ_j; exactly where it is a score
+        theta_f = [t / den for t in theta[:n_data]]
+        below = engine._count_scores(np.array(theta_f), "left").tolist()
+        below_eq = engine._count_scores(np.array(theta_f), "right").tolist()
+        for j in [j for j in range(n_data) if below[j] != below_eq[j]]:
+            below[j], below_eq[j] = _count_below(values[j], theta[j], den, theta_f[j])
+    elif n_data:
+        below, below_eq = map(list, zip(*(_count_below(values[j], theta[j], den, theta[j] / den) for j in range(n_data))))
     for j in range(m):
-        if j < engine.n_data:
-            t = theta[j]
-            lo, hi = _count_below(values[j], t, den, t / den)
-            lo, hi = int(levels[j][lo]) * lden, int(levels[j][hi]) * lden
-        else:
-            lo = hi = 0
+        lo, hi = (int(levels[j][below[j]]) * lden, int(levels[j][below_eq[j]]) * lden) if j < n_data else (0, 0)
         if c0[j] < lo or c0[j] > hi or (c0[j] == lo and c1[j] < 0) or (c0[j] == hi and c1[j] > 0):
             raise CertificateError(f"level of atom {j} outside [W_<(θ), W_<=(θ)]")
