@@ -467,22 +467,20 @@ def _chain_starts(cumf: np.ndarray | None, offsets: np.ndarray, delta: float) ->
             starts.append(start)
             start = nxt_list[start]
         return np.asarray(starts, dtype=np.int64)
-    # mostly single samples (a merge of many small digests): a cluster of one sample leads to the next sample, so
-    # walk only from jump to jump and record the runs of starts in between
-    jump_at = jumps.tolist()
-    jump_to = nxt[jumps].astype(np.int64).tolist()
-    first, last = [], []
-    start, k, n_jumps = 0, 0, len(jump_at)
-    while start < n_total:
-        k = bisect_left(jump_at, start, k)
-        first.append(start)
-        if k == n_jumps:
-            last.append(n_total - 1)
-            break
-        last.append(jump_at[k])
-        start = jump_to[k]
-    lengths = np.asarray(last, dtype=np.int64) - first + 1
-    return np.repeat(np.asarray(first, dtype=np.int64) - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+    if not jumps.size:
+        return np.arange(n_total, dtype=np.int64)
+    ends = nxt[jumps].astype(np.int64)  # one past such a cluster's last sample
+    # from 0 the starts advance one sample at a time up to a jump, then past its cluster; nxt is non-decreasing, so
+    # the next jump reached after a cluster ending at e is the first jump at or after e: walk from jump to jump
+    after = jumps.searchsorted(ends).tolist()
+    taken, k, n_jumps = [], 0, len(after)
+    while k < n_jumps:
+        taken.append(k)
+        k = after[k]
+    inside = np.zeros(n_total + 1, dtype=np.int64)  # +1 after a taken jump, -1 at its cluster's end
+    inside[jumps[taken] + 1] = 1
+    inside[ends[taken]] = -1
+    return np.flatnonzero(np.cumsum(inside[:n_total]) == 0)
 
 
 # --------------------------------------------------------------------------------------------------------------

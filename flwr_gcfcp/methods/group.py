@@ -185,9 +185,8 @@ def _merge_all_atoms(cal: GCFCP, summaries, lam_ints: list[int], test_w: int) ->
     """GC-FCP's server merge for all atoms in one pass; False (nothing done) when int64 sums could overflow.
 
     Equal, bit for bit, to :func:`~flwr_gcfcp.core.tdigest.merge_digests` per atom over the clients' digests in
-    client order: a stable sort by atom key, then a stable sort by mean within each atom, gives each atom the order
-    merge_digests sorts it into, and :func:`~flwr_gcfcp.core.tdigest.compress_sorted_segments` is the same greedy
-    pass on every atom.
+    client order: a stable sort by atom key and mean gives each atom the order merge_digests sorts it into, and
+    :func:`~flwr_gcfcp.core.tdigest.compress_sorted_segments` is the same greedy pass on every atom.
     """
     if not summaries:
         return False
@@ -199,14 +198,9 @@ def _merge_all_atoms(cal: GCFCP, summaries, lam_ints: list[int], test_w: int) ->
     weights = np.concatenate([c.astype(np.int64) * w for c, w in zip(counts, lam_ints)])
     if not means.size:
         return False
-    small = 0 <= keys.min() and keys.max() < 2**16  # then a radix sort
-    order = np.argsort(keys.astype(np.uint16) if small else keys, kind="stable")
-    keys = keys[order]
+    order = np.lexsort((means, keys))  # by atom, then by mean; equal means in client order (lexsort is stable)
+    keys, means, weights = keys[order], means[order], weights[order]
     bounds = np.concatenate([[0], np.flatnonzero(keys[1:] != keys[:-1]) + 1, [keys.size]])
-    by_key = means[order]
-    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):  # per atom: sorted runs of the clients
-        order[lo:hi] = order[lo:hi][np.argsort(by_key[lo:hi], kind="stable")]
-    means, weights = means[order], weights[order]
     merged, merged_w, cluster_offsets = compress_sorted_segments(means, weights, bounds, cal.delta)
     cal.coreset_size = int(merged.size)
     atom_keys = np.repeat(keys[bounds[:-1]], cluster_offsets[1:] - cluster_offsets[:-1])
