@@ -424,7 +424,7 @@ class DualSimplex:
             g = [sigma * h[j][leave] for j in range(m)]
             kpos[ell] = kidx[leave] if sigma < 0 else kidx[leave] + 1
             moving = [j for j in range(m) if g[j] and j < self.n_data and (j not in in_basis or j == ell)]
-            found = self._line_search(moving, g, kpos, theta_f, rate0, m)
+            found = self._line_search(moving, g, kpos, theta_f, rate0, m, bland=it >= bland_after)
             if found is None:
                 return self._unbounded(a, adj, leave, sigma)
             e_atom, e_idx, counts = found
@@ -564,7 +564,7 @@ class DualSimplex:
             g = sigma * h[:, leave]
             kpos[ell] = kidx[leave] if sigma < 0 else kidx[leave] + 1
             movable[ell] = True
-            found = self._line_search_wide(np.flatnonzero((g != 0) & movable), g, kpos, theta, rate0)
+            found = self._line_search_wide(np.flatnonzero((g != 0) & movable), g, kpos, theta, rate0, bland=it >= bland_after)
             if found is None:
                 return self._unbounded(a, adj.tolist(), leave, sigma)
             e_atom, e_idx, counts = found
@@ -584,7 +584,8 @@ class DualSimplex:
             kidx[leave] = e_idx
         raise CertificateError(f"dual simplex did not converge in {max_iter} pivots")
 
-    def _line_search_wide(self, moving: np.ndarray, g: np.ndarray, kpos: np.ndarray, theta: np.ndarray, rate0: tuple):
+    def _line_search_wide(self, moving: np.ndarray, g: np.ndarray, kpos: np.ndarray, theta: np.ndarray, rate0: tuple,
+                          bland: bool = False) -> tuple | None:
         """:meth:`_line_search` on arrays: windows of ``k`` breakpoints of every moving atom at once."""
         first, sizes, flat_v, flat_c, cfirst = self._flat[:5]
         need = -rate0[0]
@@ -604,6 +605,8 @@ class DualSimplex:
 
         def stop_in(order: np.ndarray, step: np.ndarray) -> int:
             """Position in ``order`` where the cumulative rate first reaches ``need`` (len(order) if it does not)."""
+            if bland:
+                return 0
             step, gain = step[order], absg[order // k]
             if not big:
                 return int(np.searchsorted(np.cumsum(step * gain), need, side=side))
@@ -629,11 +632,11 @@ class DualSimplex:
             cap = float(t[truncated, k - 1].min()) if truncated.any() else math.inf
             t, step = t.ravel(), step.ravel()  # atom-major: ties in atom order, as the scalar search
             # the stop is nearly always among the first few breakpoints: order those, then all if needed
-            head = min(32, t.size)
-            order = np.argpartition(t, head - 1)[:head] if head < t.size else np.arange(t.size)
+            head = min(32, t.size)  # (every breakpoint tied with the 32nd too, in atom order)
+            order = np.flatnonzero(t <= np.partition(t, head - 1)[head - 1]) if head < t.size else np.arange(t.size)
             order = order[np.argsort(t[order], kind="stable")]
             stop = stop_in(order, step)
-            if stop == head < t.size:
+            if stop == order.size < t.size:
                 order = np.argsort(t, kind="stable")
                 stop = stop_in(order, step)
             if stop < t.size and max(float(t[order[stop]]), 0.0) < cap:
@@ -748,13 +751,14 @@ class DualSimplex:
         lo[ok], hi[ok] = t_lo, t_hi
         return n, list(zip(lo.tolist(), hi.tolist())), base_f, flat, flat_v, off, first, last
 
-    def _line_search(self, moving, g, kpos, theta_f, rate0, m):
+    def _line_search(self, moving, g, kpos, theta_f, rate0, m, bland: bool = False):
         """First breakpoint along the edge where the (scaled) rate turns >= 0 lexicographically.
 
         Moving atom j crosses its scores from level index kpos[j] upward (g_j > 0) or downward, each crossing adding
         |g_j|·(q-weight of the score) to the rate. Breakpoints are taken in windows of ``k`` per atom, doubled until
         the stop lies before the first truncated atom's window end. Returns (atom, score index, crossings per atom),
-        or None when the rate stays negative (the objective is unbounded along the edge).
+        or None when the rate stays negative (the objective is unbounded along the edge). ``bland``: Bland's rule,
+        the nearest breakpoint (equal ones: the lowest atom), whatever the rate there.
         """
         need = -rate0[0]
         side = "right" if rate0[1] < 0 else "left"  # first cumulative rate > need, resp. >= need
@@ -795,7 +799,7 @@ class DualSimplex:
             incs = np.concatenate([(x.astype(object) if big else x) * kk for x, kk in inc_parts])
             order = np.argsort(t_all, kind="stable")  # ties: in atom order (parts are concatenated by atom)
             cum = np.cumsum(incs[order])
-            stop = int(np.searchsorted(cum, need, side=side))
+            stop = 0 if bland else int(np.searchsorted(cum, need, side=side))
             if stop < cum.size and max(t_all[order[stop]], 0.0) < cap:
                 starts = np.cumsum([0] + [t.size for t in t_parts])
                 part = np.searchsorted(starts, order[: stop + 1], side="right") - 1
