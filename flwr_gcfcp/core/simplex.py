@@ -32,6 +32,7 @@ by :func:`check_certificate`, which is independent of how the state was found:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from operator import mul
@@ -119,13 +120,14 @@ def _as_int50(x) -> np.ndarray | None:
 
 
 def _replace_row_wide(adj: np.ndarray, det: int, h: np.ndarray, h_enter: np.ndarray, i: int) -> tuple | None:
-    """:func:`_replace_row` on int64 arrays; None when an entry could reach 2**50 (the caller goes on in Python ints)."""
+    """:func:`_replace_row` on int64 arrays; None when an entry could reach 2**50 (the caller goes on in ints)."""
     p = int(h_enter[i])
     u = h_enter.copy()
     u[i] -= det
     col_a, col_h = adj[:, i], h[:, i]
     top = max(int(np.abs(adj).max()), int(np.abs(h).max()))
-    if abs(p) * top + max(int(np.abs(col_a).max()), int(np.abs(col_h).max())) * int(np.abs(u).max()) >= _INT50 or abs(det * p) >= _INT50:
+    col_top = max(int(np.abs(col_a).max()), int(np.abs(col_h).max()))
+    if abs(p) * top + col_top * int(np.abs(u).max()) >= _INT50 or abs(det * p) >= _INT50:
         return None
     new_adj = p * adj - np.outer(col_a, u)
     new_h = p * h - np.outer(col_h, u)
@@ -138,6 +140,14 @@ def _replace_row_wide(adj: np.ndarray, det: int, h: np.ndarray, h_enter: np.ndar
         new_h //= g
         new_det //= g
     return new_adj, new_det, new_h
+
+
+def _to_float(num: int, den: int) -> float:
+    """num / den correctly rounded; +-inf beyond the float range (every score then lies on one side of it)."""
+    try:
+        return num / den
+    except OverflowError:
+        return math.inf if num > 0 else -math.inf
 
 
 def _adj_det(m: np.ndarray) -> tuple[np.ndarray, int]:
@@ -301,7 +311,9 @@ class DualSimplex:
     def _iterate(self, a: int, phi: np.ndarray, test_level: int | None = None) -> Certificate:
         """The dual simplex for target a: vectorised over the atoms for many-atom families, else the scalar loop."""
         if phi.shape[0] == self.n_data >= self.wide_from and self.n_data != self.rank + 1 and self._int_levels:
-            return self._dual_simplex_wide(a, test_level)
+            cert = self._dual_simplex_wide(a, test_level)
+            if cert is not None:
+                return cert
         if self._warm is not None and isinstance(self._warm[2], np.ndarray):  # a state of the vectorised loop
             basis, kidx, adj, det, h = self._warm
             self._warm = (basis, kidx, adj.tolist(), det, h.tolist())
@@ -373,7 +385,7 @@ class DualSimplex:
             theta_f = [0.0] * m
             level0 = [0] * m
             for j in range(m):
-                theta_f[j] = numer[j] / den
+                theta_f[j] = _to_float(numer[j], den)
                 if j in in_basis or j >= self.n_data:
                     continue
                 lo, hi = _count_below(self.values[j], numer[j], den, theta_f[j])
@@ -424,7 +436,10 @@ class DualSimplex:
             g = [sigma * h[j][leave] for j in range(m)]
             kpos[ell] = kidx[leave] if sigma < 0 else kidx[leave] + 1
             moving = [j for j in range(m) if g[j] and j < self.n_data and (j not in in_basis or j == ell)]
-            found = self._line_search(moving, g, kpos, theta_f, rate0, m, bland=it >= bland_after)
+            if it >= bland_after:
+                found = self._bland_ratio(moving, g, kpos, lambda j: Fraction(numer[j], den), m)
+            else:
+                found = self._line_search(moving, g, kpos, theta_f, rate0, m)
             if found is None:
                 return self._unbounded(a, adj, leave, sigma)
             e_atom, e_idx, counts = found
@@ -454,17 +469,18 @@ class DualSimplex:
         return self._flat
 
     def _count_scores(self, x: np.ndarray, side: str) -> np.ndarray:
-        """Per data atom j, the number of its scores < x[j] (``side="left"``) or <= x[j] (``"right"``): float compares."""
+        """Per data atom j, how many of its scores are < x[j] (``side="left"``) or <= x[j] (``"right"``)."""
         first, _, _, _, _, distinct, kbase, keys = self._flat_tables()
         return keys.searchsorted(kbase + distinct.searchsorted(x, side=side)) - first
 
-    def _dual_simplex_wide(self, a: int, test_level: int | None) -> Certificate:
-        """:meth:`_dual_simplex` for a data target with each per-atom step done on arrays (same rules, same certificate).
+    def _dual_simplex_wide(self, a: int, test_level: int | None) -> Certificate | None:
+        """:meth:`_dual_simplex` for a data target with each per-atom step done on arrays (the same certificate).
 
         Fitted values are evaluated in floats with a rigorous error bound; an atom with one of its scores inside
         that bound (ties) is counted exactly in integers, the others are exact by the bound. The integer state
         (A, D, h) is kept in int64 below 2**50; when a pivot would leave that range, the scalar loop goes on from
-        the current basis in Python ints.
+        the current basis in Python ints. None (nothing done) when the start is already beyond that range. The
+        pivots follow the scalar loop's rules, but breakpoints a rounding error apart may be taken in another order.
         """
         first, _, flat_v, flat_c, cfirst, *_ = self._flat_tables()
         m, G = self.n_data, self.groups
@@ -486,11 +502,8 @@ class DualSimplex:
             if adj is not None and det < _INT50:
                 h = _as_int50(self._phi_g @ adj)
                 state = None if h is None else (basis, kidx, adj, det, h)
-        if state is None:  # magnitudes beyond the vectorised range: the scalar loop in Python ints
-            if self._warm is not None and isinstance(self._warm[2], np.ndarray):
-                basis, kidx, adj, det, h = self._warm
-                self._warm = (basis, kidx, adj.tolist(), det, h.tolist())
-            return self._dual_simplex(a, self.patterns, test_level)
+        if state is None:  # magnitudes beyond the vectorised range
+            return None
         basis, kidx, adj, det, h = state
         hf = h.astype(np.float64)
         pos = np.full(m, -1, dtype=np.int64)  # remembered level index of nonbasic atoms, -1: none
@@ -516,7 +529,7 @@ class DualSimplex:
                 den = det << shift
                 for j in unsure.tolist():
                     num = sum(map(mul, h[j].tolist(), vint))
-                    theta[j] = num / den
+                    theta[j] = _to_float(num, den)
                     lo[j], hi[j] = _count_below(self.values[j], num, den, theta[j])
             kpos = np.where(pos >= 0, np.minimum(np.maximum(pos, lo), hi), lo)
             level0 = flat_c[cfirst + kpos]
@@ -557,35 +570,43 @@ class DualSimplex:
                     lv0[b] = x0[i]
                     lv1[b] = x1[i]
                 self._warm = (list(basis), list(kidx), adj, det, h)
-                return Certificate("optimal", a, beta, den, lv0, lv1, det, Fraction(sum(map(mul, h[a].tolist(), vint)), den))
+                value = Fraction(sum(map(mul, h[a].tolist(), vint)), den)
+                return Certificate("optimal", a, beta, den, lv0, lv1, det, value)
             ell = basis[leave]
             lower, upper = lowers[leave] * det, uppers[leave] * det
             rate0 = (x0[leave] - lower, x1[leave]) if sigma < 0 else (upper - x0[leave], -x1[leave])
             g = sigma * h[:, leave]
             kpos[ell] = kidx[leave] if sigma < 0 else kidx[leave] + 1
             movable[ell] = True
-            found = self._line_search_wide(np.flatnonzero((g != 0) & movable), g, kpos, theta, rate0, bland=it >= bland_after)
+            moving = np.flatnonzero((g != 0) & movable)
+            if it >= bland_after:
+                if vint is None:
+                    vint, shift = _dyadic(vb.tolist())
+                    den = det << shift
+                found = self._bland_ratio(moving.tolist(), g.tolist(), kpos.tolist(),
+                                          lambda j: Fraction(sum(map(mul, h[j].tolist(), vint)), den), m)
+            else:
+                found = self._line_search_wide(moving, g, kpos, theta, rate0)
             if found is None:
                 return self._unbounded(a, adj.tolist(), leave, sigma)
             e_atom, e_idx, counts = found
             pos = np.where(g > 0, kpos + counts, kpos - counts)
             movable[e_atom] = False
             pos[~movable] = -1
+            kidx[leave] = e_idx
             if e_atom != ell:
-                step = _replace_row_wide(adj, det, h, h[e_atom], leave)
                 basis[leave] = e_atom
-                kidx[leave] = e_idx
+                step = _replace_row_wide(adj, det, h, h[e_atom], leave)
                 if step is None:  # entries would reach 2**50: the exact pivot, then the scalar loop
                     adj, det, h = _replace_row(adj.tolist(), det, h.tolist(), h[e_atom].tolist(), leave)
                     self._warm = (basis, kidx, adj, det, h)
                     return self._dual_simplex(a, self.patterns, test_level)
                 adj, det, h = step
                 hf = h.astype(np.float64)
-            kidx[leave] = e_idx
         raise CertificateError(f"dual simplex did not converge in {max_iter} pivots")
 
-    def _line_search_wide(self, moving: np.ndarray, g: np.ndarray, kpos: np.ndarray, theta: np.ndarray, rate0: tuple,
-                          bland: bool = False) -> tuple | None:
+    def _line_search_wide(self, moving: np.ndarray, g: np.ndarray, kpos: np.ndarray, theta: np.ndarray, rate0: tuple
+                          ) -> tuple | None:
         """:meth:`_line_search` on arrays: windows of ``k`` breakpoints of every moving atom at once."""
         first, sizes, flat_v, flat_c, cfirst = self._flat[:5]
         need = -rate0[0]
@@ -605,8 +626,6 @@ class DualSimplex:
 
         def stop_in(order: np.ndarray, step: np.ndarray) -> int:
             """Position in ``order`` where the cumulative rate first reaches ``need`` (len(order) if it does not)."""
-            if bland:
-                return 0
             step, gain = step[order], absg[order // k]
             if not big:
                 return int(np.searchsorted(np.cumsum(step * gain), need, side=side))
@@ -614,7 +633,8 @@ class DualSimplex:
             approx = np.cumsum(step.astype(np.float64) * gain.astype(np.float64))
             size = min(order.size, int(np.searchsorted(approx, float(need), side=side)) + 16)
             while True:
-                stop = int(np.searchsorted(np.cumsum(step[:size].astype(object) * gain[:size].astype(object)), need, side=side))
+                exact = np.cumsum(step[:size].astype(object) * gain[:size].astype(object))
+                stop = int(np.searchsorted(exact, need, side=side))
                 if stop < size or size == order.size:
                     return stop
                 size = min(order.size, 2 * size)
@@ -623,7 +643,8 @@ class DualSimplex:
         while True:
             steps = np.arange(k)
             valid = steps < avail[:, None]
-            idx = np.where(valid, np.where(up[:, None], k0[:, None] + steps, k0[:, None] - 1 - steps), 0)  # score indices
+            ahead = np.where(up[:, None], k0[:, None] + steps, k0[:, None] - 1 - steps)
+            idx = np.where(valid, ahead, 0)  # score indices
             t = (flat_v[fv + idx] - th) / gm[:, None]
             t[~valid] = np.inf
             step = flat_c[fc + idx + 1] - flat_c[fc + idx]  # q-weight of each score crossed (exact int64)
@@ -751,14 +772,32 @@ class DualSimplex:
         lo[ok], hi[ok] = t_lo, t_hi
         return n, list(zip(lo.tolist(), hi.tolist())), base_f, flat, flat_v, off, first, last
 
-    def _line_search(self, moving, g, kpos, theta_f, rate0, m, bland: bool = False):
+    def _bland_ratio(self, moving: list, g: list, kpos: list, theta: Callable[[int], Fraction], m: int) -> tuple | None:
+        """Bland's entering rule, exactly: the nearest breakpoint along the edge (equal ones: the lowest atom).
+
+        Used after ``bland_after`` pivots with the lowest-index leaving rule; a short step, whatever the rate there.
+        The long-step searches order breakpoints in floats, and a wrong order between breakpoints a rounding error
+        apart can make pivots repeat, so this one compares exact rationals (``theta(j)``: the exact fitted value of
+        atom j). Returns (atom, score index, zero crossings), or None when no moving atom has a score ahead.
+        """
+        best = None
+        for j in moving:
+            gj, k0, v = g[j], kpos[j], self.values[j]
+            k = k0 if gj > 0 else k0 - 1  # the atom's next score in its direction
+            if not 0 <= k < v.size:
+                continue
+            t = (Fraction(float(v[k])) - theta(j)) / gj
+            if best is None or t < best[0]:
+                best = (t, j, k)
+        return None if best is None else (best[1], best[2], np.zeros(m, dtype=np.int64))
+
+    def _line_search(self, moving, g, kpos, theta_f, rate0, m):
         """First breakpoint along the edge where the (scaled) rate turns >= 0 lexicographically.
 
         Moving atom j crosses its scores from level index kpos[j] upward (g_j > 0) or downward, each crossing adding
         |g_j|·(q-weight of the score) to the rate. Breakpoints are taken in windows of ``k`` per atom, doubled until
         the stop lies before the first truncated atom's window end. Returns (atom, score index, crossings per atom),
-        or None when the rate stays negative (the objective is unbounded along the edge). ``bland``: Bland's rule,
-        the nearest breakpoint (equal ones: the lowest atom), whatever the rate there.
+        or None when the rate stays negative (the objective is unbounded along the edge).
         """
         need = -rate0[0]
         side = "right" if rate0[1] < 0 else "left"  # first cumulative rate > need, resp. >= need
@@ -799,7 +838,7 @@ class DualSimplex:
             incs = np.concatenate([(x.astype(object) if big else x) * kk for x, kk in inc_parts])
             order = np.argsort(t_all, kind="stable")  # ties: in atom order (parts are concatenated by atom)
             cum = np.cumsum(incs[order])
-            stop = 0 if bland else int(np.searchsorted(cum, need, side=side))
+            stop = int(np.searchsorted(cum, need, side=side))
             if stop < cum.size and max(t_all[order[stop]], 0.0) < cap:
                 starts = np.cumsum([0] + [t.size for t in t_parts])
                 part = np.searchsorted(starts, order[: stop + 1], side="right") - 1
@@ -832,7 +871,10 @@ def check_certificate(cert: Certificate, engine: DualSimplex, target: np.ndarray
     """Verify a certificate exactly against the problem data; raise :class:`CertificateError` when it fails.
 
     Independent of how the certificate was produced: it recomputes every fitted value from β, every level bound
-    from the scores, and both equality systems over all d groups, in integers / rationals.
+    from the scores, and both equality systems over all d groups, in integers / rationals. For many atoms the
+    scores below each fitted value are counted for all atoms at once (``DualSimplex._count_scores``, a table built
+    from the scores alone, tested against a search in each atom's own scores) at the correctly rounded value, and
+    in exact rationals wherever that value is a score.
     """
     target = np.asarray(target, dtype=bool)
     if target.shape != (engine.d,):
@@ -885,13 +927,14 @@ def check_certificate(cert: Certificate, engine: DualSimplex, target: np.ndarray
     values, levels, n_data = engine.values, engine.levels, engine.n_data
     below = below_eq = [0] * m  # score counts < θ_j and <= θ_j (a target without data has none)
     if n_data >= engine.wide_from:  # all atoms at once at the correctly rounded θ_j; exactly where it is a score
-        theta_f = [t / den for t in theta[:n_data]]
+        theta_f = [_to_float(t, den) for t in theta[:n_data]]
         below = engine._count_scores(np.array(theta_f), "left").tolist()
         below_eq = engine._count_scores(np.array(theta_f), "right").tolist()
         for j in [j for j in range(n_data) if below[j] != below_eq[j]]:
             below[j], below_eq[j] = _count_below(values[j], theta[j], den, theta_f[j])
     elif n_data:
-        below, below_eq = map(list, zip(*(_count_below(values[j], theta[j], den, theta[j] / den) for j in range(n_data))))
+        counts = [_count_below(values[j], theta[j], den, _to_float(theta[j], den)) for j in range(n_data)]
+        below, below_eq = [c[0] for c in counts], [c[1] for c in counts]
     for j in range(m):
         lo, hi = (int(levels[j][below[j]]) * lden, int(levels[j][below_eq[j]]) * lden) if j < n_data else (0, 0)
         if c0[j] < lo or c0[j] > hi or (c0[j] == lo and c1[j] < 0) or (c0[j] == hi and c1[j] > 0):
