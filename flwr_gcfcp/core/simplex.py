@@ -232,6 +232,24 @@ def _lex_cmp(x0, x1, y0) -> int:
     return (x1 > 0) - (x1 < 0)
 
 
+def _leaving(basis: list, x0: list, x1: list, lowers: list, uppers: list, det: int, bland: bool) -> tuple:
+    """(row, σ) of the basic atom to leave: the largest violation of its level box [lowers, uppers] (times det),
+    compared lexicographically with the ε parts x1, or with ``bland`` the lowest violated atom; σ = -1 below the box,
+    +1 above; (None, 0) when every basic level is in its box."""
+    leave, sigma, worst = None, 0, None
+    for i, b in enumerate(basis):
+        lower, upper = lowers[i] * det, uppers[i] * det
+        if _lex_cmp(x0[i], x1[i], lower) < 0:
+            viol, sg = lower - x0[i], -1
+        elif _lex_cmp(x0[i], x1[i], upper) > 0:
+            viol, sg = x0[i] - upper, 1
+        else:
+            continue
+        if worst is None or (b < basis[leave] if bland else viol > worst):
+            leave, sigma, worst = i, sg, viol
+    return leave, sigma
+
+
 class DualSimplex:
     """Exact per-atom thresholds for atoms with data (and target atoms without), warm-started between targets.
 
@@ -407,18 +425,9 @@ class DualSimplex:
                 x1[in_basis[a]] = -det
             else:
                 x1 = [-hv for hv in h[a]]
-            leave, sigma, worst = None, 0, None
-            for i, b in enumerate(basis):
-                lower = int(self.levels[b][kidx[i]]) * det
-                upper = int(self.levels[b][kidx[i] + 1]) * det
-                if _lex_cmp(x0[i], x1[i], lower) < 0:
-                    viol, sg = lower - x0[i], -1
-                elif _lex_cmp(x0[i], x1[i], upper) > 0:
-                    viol, sg = x0[i] - upper, 1
-                else:
-                    continue
-                if worst is None or (b < basis[leave] if it >= bland_after else viol > worst):
-                    leave, sigma, worst = i, sg, viol
+            lowers = [int(self.levels[b][k]) for b, k in zip(basis, kidx)]
+            uppers = [int(self.levels[b][k + 1]) for b, k in zip(basis, kidx)]
+            leave, sigma = _leaving(basis, x0, x1, lowers, uppers, det, it >= bland_after)
             if leave is None:
                 beta = {G[g]: sum(map(mul, adj[g], vint)) for g in range(r)}
                 lv0 = [lv * det for lv in level0]
@@ -430,8 +439,7 @@ class DualSimplex:
                 return Certificate("optimal", a, beta, den, lv0, lv1, det, Fraction(numer[a], den))
             # the leaving atom goes to its violated bound and its fitted value moves away (σ = -1: down)
             ell = basis[leave]
-            lower = int(self.levels[ell][kidx[leave]]) * det
-            upper = int(self.levels[ell][kidx[leave] + 1]) * det
+            lower, upper = lowers[leave] * det, uppers[leave] * det
             rate0 = (x0[leave] - lower, x1[leave]) if sigma < 0 else (upper - x0[leave], -x1[leave])
             g = [sigma * h[j][leave] for j in range(m)]
             kpos[ell] = kidx[leave] if sigma < 0 else kidx[leave] + 1
@@ -547,17 +555,7 @@ class DualSimplex:
                 x1 = (-h[a]).tolist()
             lowers = flat_c[cfirst[bidx] + kidx].tolist()
             uppers = flat_c[cfirst[bidx] + kidx + 1].tolist()
-            leave, sigma, worst = None, 0, None
-            for i, b in enumerate(basis):
-                lower, upper = lowers[i] * det, uppers[i] * det
-                if _lex_cmp(x0[i], x1[i], lower) < 0:
-                    viol, sg = lower - x0[i], -1
-                elif _lex_cmp(x0[i], x1[i], upper) > 0:
-                    viol, sg = x0[i] - upper, 1
-                else:
-                    continue
-                if worst is None or (b < basis[leave] if it >= bland_after else viol > worst):
-                    leave, sigma, worst = i, sg, viol
+            leave, sigma = _leaving(basis, x0, x1, lowers, uppers, det, it >= bland_after)
             if leave is None:
                 if vint is None:
                     vint, shift = _dyadic(vb.tolist())
