@@ -161,14 +161,21 @@ def _common_weights(parts: Sequence[np.ndarray]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 # greedy pass
 # --------------------------------------------------------------------------------------------------------------
+def _rotation(delta: float) -> tuple[float, float, float] | None:
+    """(cos θ, sin θ, sin²(θ/2)) of the bound's rotation θ = 2π/δ; None for δ <= 2 (θ >= π: one cluster)."""
+    theta = 2.0 * math.pi / delta
+    if theta >= math.pi:
+        return None
+    return math.cos(theta), math.sin(theta), math.sin(theta / 2.0) ** 2
+
+
 def _cluster_ends(cumf: np.ndarray, total: float, delta: float) -> np.ndarray:
     """Inclusive end index of each greedy cluster over sorted samples with float cumulative weights ``cumf``."""
     n = cumf.shape[0]
-    theta = 2.0 * math.pi / delta
-    if theta >= math.pi:  # δ <= 2: the first cluster's angle already reaches π/2, everything fits
+    rotation = _rotation(delta)
+    if rotation is None:  # δ <= 2: the first cluster's angle already reaches π/2, everything fits
         return np.array([n - 1], dtype=np.int64)
-    cos_t, sin_t = math.cos(theta), math.sin(theta)
-    sin2_half = math.sin(theta / 2.0) ** 2
+    cos_t, sin_t, sin2_half = rotation
     ends: list[int] = []
     start = 0
     cum = cumf.tolist()  # bisect on a list of Python floats: the same comparisons as searchsorted, far less overhead
@@ -193,11 +200,10 @@ def _unit_starts(n: int, delta: float) -> np.ndarray:
     ``floor(n · bound(s/n))`` (at least one; all the rest once ``2 s/n - 1 >= cos θ``): the same bound with the same
     float operations as :func:`_cluster_ends`, without its list of n cumulative weights (O(clusters), not O(n)).
     """
-    theta = 2.0 * math.pi / delta
-    if theta >= math.pi:  # δ <= 2: one cluster
+    rotation = _rotation(delta)
+    if rotation is None:  # δ <= 2: one cluster
         return np.zeros(1, dtype=np.int64)
-    cos_t, sin_t = math.cos(theta), math.sin(theta)
-    sin2_half = math.sin(theta / 2.0) ** 2
+    cos_t, sin_t, sin2_half = rotation
     sqrt, floor, nf = math.sqrt, math.floor, float(n)
     starts = []
     start = 0
@@ -252,15 +258,14 @@ def first_structure_violation(counts: np.ndarray, offsets: np.ndarray, delta: fl
     cum = cum_all - before[atom]
     left = cum - c
     n = (np.add.reduceat(c, offsets[:-1]) if sizes.size else np.zeros(0, np.int64))[atom]
-    theta = 2.0 * math.pi / delta
-    if theta >= math.pi:
+    rotation = _rotation(delta)
+    if rotation is None:
         multi = np.flatnonzero(sizes > 1)
         if not multi.size:
             return None
         i = int(multi[0])
         return i, f"{int(sizes[i])} clusters, but at δ = {delta:g} <= 2 the digest has one cluster"
-    cos_t, sin_t = math.cos(theta), math.sin(theta)
-    sin2_half = math.sin(theta / 2.0) ** 2
+    cos_t, sin_t, sin2_half = rotation
     tol = STRUCTURE_TOLERANCE
     nf = n.astype(np.float64)
     q = left.astype(np.float64) / nf
@@ -417,8 +422,8 @@ def _chain_starts(cumf: np.ndarray | None, offsets: np.ndarray, delta: float) ->
     as a potential start at once."""
     sizes = offsets[1:] - offsets[:-1]
     n_total = int(offsets[-1])
-    theta = 2.0 * math.pi / delta
-    if theta >= math.pi:  # δ <= 2: one cluster per segment
+    rotation = _rotation(delta)
+    if rotation is None:  # δ <= 2: one cluster per segment
         return offsets[:-1].copy()
     # sample indices and segment bounds as floats (exact integers below 2**53)
     index = np.arange(n_total, dtype=np.float64)
@@ -430,8 +435,7 @@ def _chain_starts(cumf: np.ndarray | None, offsets: np.ndarray, delta: float) ->
         prev = np.concatenate([[0.0], cumf[:-1]])
         prev[offsets[:-1]] = 0.0
         tot = np.repeat(cumf[offsets[1:] - 1], sizes)
-    cos_t, sin_t = math.cos(theta), math.sin(theta)
-    sin2_half = math.sin(theta / 2.0) ** 2
+    cos_t, sin_t, sin2_half = rotation
     # _cluster_ends' bound for a cluster starting at every sample, with the same float operations in the same
     # order (q ∈ [0, 1], so q (1 - q) >= 0 and the max with 0 there is a no-op)
     q = prev / tot

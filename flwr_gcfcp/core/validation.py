@@ -196,4 +196,3 @@ def parse_bool(value: object, name: str) -> bool:
     elif isinstance(value, (bool, int, np.integer)) and value in (0, 1):
         return bool(value)
     raise ValueError(f"{name} must be true or false, got {value!r}")
-
