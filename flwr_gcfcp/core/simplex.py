@@ -101,11 +101,12 @@ def _count_below(values: np.ndarray, num: int, den: int, theta_f: float) -> tupl
     return lo, hi
 
 
-def _dyadic(vb: list) -> tuple[list[int], int]:
-    """Integers V and a shift s with V_i = vb_i · 2**s exactly (floats on one power-of-two scale)."""
+def _exact_scale(vb: list, det: int) -> tuple[list[int], int]:
+    """The basic scores ``vb`` as integers V over one denominator D·2**s (s: a common power of two), so that
+    θ_j = (h_j · V) / (D·2**s) exactly."""
     mant_exp = [math.frexp(v) for v in vb]
     shift = max([0] + [53 - e for mt, e in mant_exp if mt])
-    return [int(math.ldexp(mt, 53)) << (e - 53 + shift) if mt else 0 for mt, e in mant_exp], shift
+    return [int(math.ldexp(mt, 53)) << (e - 53 + shift) if mt else 0 for mt, e in mant_exp], det << shift
 
 
 def _as_int50(x) -> np.ndarray | None:
@@ -395,8 +396,7 @@ class DualSimplex:
         bland_after = self.bland_after + 5 * m  # then the lowest-index violated atom leaves (against cycling)
         for it in range(max_iter):
             # β on a common dyadic scale: θ_j = (h_j · V) / (det · 2^s), V the basic scores times 2^s (integers)
-            vint, shift = _dyadic([float(self.values[b][k]) for b, k in zip(basis, kidx)])
-            den = det << shift
+            vint, den = _exact_scale([float(self.values[b][k]) for b, k in zip(basis, kidx)], det)
             numer = [sum(map(mul, h[j], vint)) for j in range(m)]
             in_basis = {b: i for i, b in enumerate(basis)}
             kpos = [0] * m
@@ -514,6 +514,7 @@ class DualSimplex:
             return None
         basis, kidx, adj, det, h = state
         hf = h.astype(np.float64)
+        hf_abs, h_top = np.abs(hf), float(np.abs(h).max())  # change with h only (at a pivot)
         pos = np.full(m, -1, dtype=np.int64)  # remembered level index of nonbasic atoms, -1: none
         movable = np.empty(m, dtype=bool)
         max_iter = 200 + 20 * m
@@ -522,7 +523,7 @@ class DualSimplex:
             bidx = np.array(basis)
             vb = flat_v[first[bidx] + kidx]
             theta = hf @ vb
-            err = np.abs(hf) @ np.abs(vb)
+            err = hf_abs @ np.abs(vb)
             theta /= det
             err *= 2.0 * (r + 2) * _UNIT / det  # twice the bound on the float dot product and division
             err += 1e-300
@@ -531,10 +532,10 @@ class DualSimplex:
             movable.fill(True)
             movable[bidx] = False
             unsure = np.flatnonzero(((lo != hi) | ~np.isfinite(theta) | ~np.isfinite(err)) & movable)
-            vint = None
+            scale = None  # (V, D·2**s) of _exact_scale, when an exact value is needed
             if unsure.size:  # a score within the error bound: count exactly
-                vint, shift = _dyadic(vb.tolist())
-                den = det << shift
+                scale = _exact_scale(vb.tolist(), det)
+                vint, den = scale
                 for j in unsure.tolist():
                     num = sum(map(mul, h[j].tolist(), vint))
                     theta[j] = _to_float(num, den)
@@ -543,7 +544,7 @@ class DualSimplex:
             level0 = flat_c[cfirst + kpos]
             diff = L_arr - level0
             diff[bidx] = 0
-            if float(np.abs(diff).sum(dtype=np.float64)) * float(np.abs(h).max()) < 2.0**62:
+            if float(np.abs(diff).sum(dtype=np.float64)) * h_top < 2.0**62:
                 x0 = (diff @ h).tolist()
             else:
                 x0 = (diff.astype(object) @ h.astype(object)).tolist()
@@ -557,9 +558,7 @@ class DualSimplex:
             uppers = flat_c[cfirst[bidx] + kidx + 1].tolist()
             leave, sigma = _leaving(basis, x0, x1, lowers, uppers, det, it >= bland_after)
             if leave is None:
-                if vint is None:
-                    vint, shift = _dyadic(vb.tolist())
-                    den = det << shift
+                vint, den = scale = scale or _exact_scale(vb.tolist(), det)
                 adj_rows = adj.tolist()
                 beta = {G[g]: sum(map(mul, adj_rows[g], vint)) for g in range(r)}
                 lv0 = [lv * det for lv in level0.tolist()]
@@ -578,9 +577,7 @@ class DualSimplex:
             movable[ell] = True
             moving = np.flatnonzero((g != 0) & movable)
             if it >= bland_after:
-                if vint is None:
-                    vint, shift = _dyadic(vb.tolist())
-                    den = det << shift
+                vint, den = scale = scale or _exact_scale(vb.tolist(), det)
                 found = self._bland_ratio(moving.tolist(), g.tolist(), kpos.tolist(),
                                           lambda j: Fraction(sum(map(mul, h[j].tolist(), vint)), den), m)
             else:
@@ -601,6 +598,7 @@ class DualSimplex:
                     return self._dual_simplex(a, self.patterns, test_level)
                 adj, det, h = step
                 hf = h.astype(np.float64)
+                hf_abs, h_top = np.abs(hf), float(np.abs(h).max())
         raise CertificateError(f"dual simplex did not converge in {max_iter} pivots")
 
     def _line_search_wide(self, moving: np.ndarray, g: np.ndarray, kpos: np.ndarray, theta: np.ndarray, rate0: tuple
